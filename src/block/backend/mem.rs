@@ -1,0 +1,98 @@
+//! An in-memory block device.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::sync::RwLock;
+
+use super::{check_range, iov_len, BackendInfo, BlockBackend};
+
+/// A device held in a `Vec<u8>`: fast, volatile, for tests and benchmarks.
+/// Writes are durable as soon as they return, so `flush` does nothing.
+pub struct MemBackend {
+    data: RwLock<Vec<u8>>,
+    logical_block_size: u32,
+}
+
+impl MemBackend {
+    /// A zero-filled device of `size_bytes` with 512-byte logical blocks.
+    pub fn new(size_bytes: u64) -> MemBackend {
+        MemBackend::with_block_size(size_bytes, 512)
+    }
+
+    /// A zero-filled device with the given logical block size.
+    pub fn with_block_size(size_bytes: u64, logical_block_size: u32) -> MemBackend {
+        let len = usize::try_from(size_bytes).unwrap_or(usize::MAX);
+        MemBackend {
+            data: RwLock::new(vec![0; len]),
+            logical_block_size,
+        }
+    }
+
+    /// A copy of the device's contents.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A device holding `bytes`.
+    pub fn from_bytes(bytes: Vec<u8>, logical_block_size: u32) -> MemBackend {
+        MemBackend {
+            data: RwLock::new(bytes),
+            logical_block_size,
+        }
+    }
+
+    fn fill(&self, offset: u64, len: u64, byte: u8) -> io::Result<()> {
+        check_range(&self.info(), offset, len)?;
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        let start = offset as usize;
+        data[start..start + len as usize].fill(byte);
+        Ok(())
+    }
+}
+
+impl BlockBackend for MemBackend {
+    fn info(&self) -> BackendInfo {
+        let size = self.data.read().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        BackendInfo {
+            size_bytes: size,
+            logical_block_size: self.logical_block_size,
+            physical_block_size: self.logical_block_size.max(4096),
+            direct_io: true,
+            kind: "memory",
+        }
+    }
+
+    fn read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
+        check_range(&self.info(), offset, iov_len(bufs))?;
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let mut pos = offset as usize;
+        for buf in bufs.iter_mut() {
+            let n = buf.len();
+            buf.copy_from_slice(&data[pos..pos + n]);
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, _fua: bool) -> io::Result<()> {
+        check_range(&self.info(), offset, iov_len(bufs))?;
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        let mut pos = offset as usize;
+        for buf in bufs {
+            data[pos..pos + buf.len()].copy_from_slice(buf);
+            pos += buf.len();
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fill(offset, len, 0)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fill(offset, len, 0)
+    }
+}
