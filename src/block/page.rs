@@ -134,12 +134,23 @@ impl Page {
         self.0.ptr.as_ptr() as usize
     }
 
-    /// A raw pointer to the page's first byte, for the engine's read path.
+    /// `len` bytes at `offset` for the device to read into.
     ///
-    /// Writing through it is allowed only under the in-flight read rule in the
-    /// module docs.
-    pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
-        self.0.ptr.as_ptr()
+    /// # Safety
+    /// Only for the engine's read path, under the in-flight read rule in the
+    /// module docs: while the returned slice lives, no other reference to
+    /// these bytes may be used (the read bio owned the page exclusively at
+    /// submission and its pieces cover disjoint ranges). `offset + len` must
+    /// not exceed [`PAGE_SIZE`]; it is checked, and an out-of-range request
+    /// yields an empty slice.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut_in_flight(&self, offset: usize, len: usize) -> &mut [u8] {
+        if offset.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
+            return &mut [];
+        }
+        // SAFETY: the range is inside the allocation (checked above); the
+        // caller guarantees exclusive use of these bytes while the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.0.ptr.as_ptr().add(offset), len) }
     }
 }
 
