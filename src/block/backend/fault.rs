@@ -232,7 +232,7 @@ impl FaultBackend {
     /// Makes the `n`th operation from now fail with `errno` (`n == 1`: the
     /// next one). `n == 0` disarms the countdown.
     pub fn fail_nth(&self, n: u64, errno: i32) {
-        self.lock().countdown = (n > 0).then_some((n - 1, errno));
+        self.lock().countdown = n.checked_sub(1).map(|left| (left, errno));
     }
 
     /// Flips bit `bit` (0..8) of the byte at device offset `byte` in the data
