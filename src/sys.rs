@@ -1,7 +1,371 @@
 //! Raw syscalls, in one place. Every `unsafe` block here says why it is sound;
 //! nothing outside this module calls into libc with raw pointers.
+//!
+//! `nix` is used where it offers the call (`preadv`, `pwritev`, `fdatasync`,
+//! `fallocate`, `fstat`, the ioctl wrappers) and `libc` otherwise
+//! (`pwritev2`, `statx`).
+//!
+//! Failure contract for every function: errors are `io::Error`s built with
+//! [`io::Error::from_raw_os_error`], so `raw_os_error()` gives the errno the
+//! kernel returned. Transfers never return short counts or `EINTR`: they are
+//! retried here.
 
-// ---- process and I/O priority (used by block::ioc) ----
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::FallocateFlags;
+
+/// The most iovecs one `preadv`/`pwritev` call takes (`UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
+
+fn errno_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+fn to_off(offset: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+// ---------------------------------------------------------------------------
+// open
+// ---------------------------------------------------------------------------
+
+/// Opens `path` for reading (and writing unless `read_only`), with
+/// `O_DIRECT` when `direct`, and `O_CLOEXEC` always.
+///
+/// Fails with the errno of `open(2)`: `EINVAL` when the filesystem refuses
+/// `O_DIRECT` (tmpfs), `ENOENT`, `EACCES`, `EROFS`, ...
+pub fn open(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {
+    let mut flags = libc::O_CLOEXEC;
+    if direct {
+        flags |= libc::O_DIRECT;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(flags)
+        .open(path)
+}
+
+// ---------------------------------------------------------------------------
+// vectored transfers
+// ---------------------------------------------------------------------------
+
+/// Drops the first `n` bytes from a list of buffers: whole buffers that were
+/// fully transferred are removed, a partly transferred one is shortened by
+/// `reslice(buf, k)` (which returns `buf[k..]`).
+fn advance<T: Default>(
+    bufs: &mut Vec<T>,
+    mut n: usize,
+    len: impl Fn(&T) -> usize,
+    reslice: impl Fn(T, usize) -> T,
+) {
+    let mut done = 0;
+    for buf in bufs.iter() {
+        let l = len(buf);
+        if n < l {
+            break;
+        }
+        n -= l;
+        done += 1;
+    }
+    bufs.drain(..done);
+    if n > 0 {
+        if let Some(first) = bufs.first_mut() {
+            let taken = std::mem::take(first);
+            *first = reslice(taken, n);
+        }
+    }
+}
+
+/// Reads exactly `iov_len(bufs)` bytes at `offset` into `bufs`, retrying
+/// short reads and `EINTR`, and splitting lists longer than [`IOV_MAX`].
+///
+/// Fails with the errno of `preadv(2)`, or `EIO` if the file ends before the
+/// buffers are full (reading past the end of an image file is a device error,
+/// not a short read the caller should see).
+pub fn preadv_full<Fd: AsFd>(fd: Fd, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    // Fast path: one call moves everything (the common case).
+    let first = if bufs.len() <= IOV_MAX {
+        let off = to_off(offset)?;
+        let n = retry_eintr(|| nix::sys::uio::preadv(fd.as_fd(), bufs, off))?;
+        if n == total {
+            return Ok(());
+        }
+        if n == 0 && total > 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        n
+    } else {
+        0
+    };
+    // Slow path: walk a private list of the remaining byte ranges.
+    let mut rest: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut **b).collect();
+    advance_mut(&mut rest, first);
+    let mut pos = offset + first as u64;
+    while !rest.is_empty() {
+        let mut iov: Vec<IoSliceMut<'_>> = rest
+            .iter_mut()
+            .take(IOV_MAX)
+            .map(|b| IoSliceMut::new(b))
+            .collect();
+        let off = to_off(pos)?;
+        let n = retry_eintr(|| nix::sys::uio::preadv(fd.as_fd(), &mut iov, off))?;
+        drop(iov);
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        advance_mut(&mut rest, n);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes all of `bufs` at `offset`, retrying short writes and `EINTR`, and
+/// splitting lists longer than [`IOV_MAX`]. With `dsync` each call is a
+/// `pwritev2(RWF_DSYNC)`, so the data is durable on return (the `REQ_FUA`
+/// mapping of bcachefs-tools' `linux/blkdev.c`).
+///
+/// Fails with the errno of `pwritev(2)`/`pwritev2(2)`; `EIO` if the kernel
+/// reports writing nothing.
+pub fn pwritev_full<Fd: AsFd>(
+    fd: Fd,
+    bufs: &[IoSlice<'_>],
+    offset: u64,
+    dsync: bool,
+) -> io::Result<()> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let first = if bufs.len() <= IOV_MAX {
+        let n = pwritev_once(fd.as_fd(), bufs, offset, dsync)?;
+        if n == total {
+            return Ok(());
+        }
+        if n == 0 && total > 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        n
+    } else {
+        0
+    };
+    let mut rest: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
+    advance_ref(&mut rest, first);
+    let mut pos = offset + first as u64;
+    while !rest.is_empty() {
+        let iov: Vec<IoSlice<'_>> = rest.iter().take(IOV_MAX).map(|b| IoSlice::new(b)).collect();
+        let n = pwritev_once(fd.as_fd(), &iov, pos, dsync)?;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        advance_ref(&mut rest, n);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn advance_mut(bufs: &mut Vec<&mut [u8]>, n: usize) {
+    advance(bufs, n, |b| b.len(), |b, k| &mut b[k..]);
+}
+
+fn advance_ref(bufs: &mut Vec<&[u8]>, n: usize) {
+    advance(bufs, n, |b| b.len(), |b, k| &b[k..]);
+}
+
+/// One `pwritev` (or `pwritev2(RWF_DSYNC)`), `EINTR` retried.
+fn pwritev_once(
+    fd: std::os::fd::BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    offset: u64,
+    dsync: bool,
+) -> io::Result<usize> {
+    let off = to_off(offset)?;
+    if !dsync {
+        return retry_eintr(|| nix::sys::uio::pwritev(fd, bufs, off));
+    }
+    let cnt = libc::c_int::try_from(bufs.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    retry_eintr(|| {
+        // SAFETY: `IoSlice` is guaranteed ABI-compatible with `struct iovec`
+        // on Unix; `bufs` outlives the call and the kernel only reads from
+        // the `cnt` buffers it describes. `fd` is a valid borrowed descriptor.
+        let ret = unsafe {
+            libc::pwritev2(
+                fd.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                cnt,
+                off,
+                libc::RWF_DSYNC,
+            )
+        };
+        if ret < 0 {
+            return Err(errno_err(Errno::last()));
+        }
+        Ok(usize::try_from(ret).unwrap_or(0))
+    })
+}
+
+/// Runs `f` until it fails with something other than `EINTR`.
+fn retry_eintr<T, E: Into<io::Error>>(mut f: impl FnMut() -> Result<T, E>) -> io::Result<T> {
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let e: io::Error = e.into();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// durability and space management
+// ---------------------------------------------------------------------------
+
+/// `fdatasync(2)`: the `REQ_PREFLUSH` mapping. Fails with its errno (`EIO`
+/// when earlier writeback failed).
+pub fn fdatasync<Fd: AsFd>(fd: Fd) -> io::Result<()> {
+    retry_eintr(|| nix::unistd::fdatasync(fd.as_fd().as_raw_fd()))
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: the range reads as zeroes and its
+/// blocks are freed. `EOPNOTSUPP` where the filesystem can't punch holes.
+pub fn punch_hole<Fd: AsFd>(fd: Fd, offset: u64, len: u64) -> io::Result<()> {
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(fd, flags, offset, len)
+}
+
+/// `fallocate(ZERO_RANGE | KEEP_SIZE)`: the range reads as zeroes, blocks
+/// stay allocated. `EOPNOTSUPP` where unsupported (tmpfs, for one).
+pub fn zero_range<Fd: AsFd>(fd: Fd, offset: u64, len: u64) -> io::Result<()> {
+    let flags = FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(fd, flags, offset, len)
+}
+
+fn fallocate<Fd: AsFd>(fd: Fd, flags: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+    let off = to_off(offset)?;
+    let len = to_off(len)?;
+    retry_eintr(|| nix::fcntl::fallocate(fd.as_fd().as_raw_fd(), flags, off, len))
+}
+
+// ---------------------------------------------------------------------------
+// file metadata
+// ---------------------------------------------------------------------------
+
+/// The `O_DIRECT` alignment rules of an open file, from `statx(STATX_DIOALIGN)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DioAlign {
+    /// Required alignment of user buffers in memory.
+    pub mem_align: u32,
+    /// Required alignment of file offsets and lengths.
+    pub offset_align: u32,
+}
+
+/// The file's direct-I/O alignment, or `None` when the kernel or filesystem
+/// does not report it (or reports that it does not support direct I/O).
+pub fn dio_align<Fd: AsFd>(fd: Fd) -> Option<DioAlign> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let empty = c"";
+    // SAFETY: `empty` is a valid NUL-terminated string; with AT_EMPTY_PATH
+    // the kernel stats `fd` itself. `stx` points to writable memory the size
+    // of `struct statx`, which the kernel fills.
+    let ret = unsafe {
+        libc::statx(
+            fd.as_fd().as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if ret != 0 {
+        return None;
+    }
+    // SAFETY: statx returned 0, so the kernel initialised the struct (and it
+    // was zeroed beforehand, so every field is a valid integer regardless).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return None;
+    }
+    Some(DioAlign {
+        mem_align: stx.stx_dio_mem_align,
+        offset_align: stx.stx_dio_offset_align,
+    })
+}
+
+/// True when `file` is a block device (`S_ISBLK` of `fstat`).
+pub fn is_block_device(file: &File) -> io::Result<bool> {
+    let st = nix::sys::stat::fstat(file.as_raw_fd()).map_err(errno_err)?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFBLK)
+}
+
+// ---------------------------------------------------------------------------
+// block-device ioctls (include/uapi/linux/fs.h)
+// ---------------------------------------------------------------------------
+
+mod blkioctl {
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t): the device size in bytes.
+    nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+    // BLKSSZGET = _IO(0x12, 104), writes an int: the logical block size.
+    nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
+    // BLKPBSZGET = _IO(0x12, 123), writes an unsigned int: the physical block size.
+    nix::ioctl_read_bad!(blkpbszget, nix::request_code_none!(0x12, 123), libc::c_uint);
+    // BLKDISCARD = _IO(0x12, 119), reads uint64_t[2] = {start, len}.
+    nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+    // BLKZEROOUT = _IO(0x12, 127), reads uint64_t[2] = {start, len}.
+    nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+}
+
+/// `BLKGETSIZE64`: the size of a block device in bytes. `ENOTTY` on a
+/// descriptor that is not a block device.
+pub fn blk_size_bytes(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: the ioctl writes one u64 through the pointer, which points to
+    // `size`, live for the call; the fd is open for the call's duration.
+    unsafe { blkioctl::blkgetsize64(file.as_raw_fd(), &mut size) }.map_err(errno_err)?;
+    Ok(size)
+}
+
+/// `BLKSSZGET`: the logical block size of a block device.
+pub fn blk_logical_block_size(file: &File) -> io::Result<u32> {
+    let mut lbs: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int into `lbs`, live for the call.
+    unsafe { blkioctl::blksszget(file.as_raw_fd(), &mut lbs) }.map_err(errno_err)?;
+    u32::try_from(lbs).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `BLKPBSZGET`: the physical block size of a block device.
+pub fn blk_physical_block_size(file: &File) -> io::Result<u32> {
+    let mut pbs: libc::c_uint = 0;
+    // SAFETY: the ioctl writes one unsigned int into `pbs`, live for the call.
+    unsafe { blkioctl::blkpbszget(file.as_raw_fd(), &mut pbs) }.map_err(errno_err)?;
+    Ok(pbs)
+}
+
+/// `BLKDISCARD` over `[offset, offset + len)`. `EOPNOTSUPP` when the device
+/// has no discard; `EINVAL` for ranges unaligned to its logical block size.
+pub fn blk_discard(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let range = [offset, len];
+    // SAFETY: the ioctl reads two u64s from `range`, live for the call.
+    retry_eintr(|| unsafe { blkioctl::blkdiscard(file.as_raw_fd(), &range) }).map(|_| ())
+}
+
+/// `BLKZEROOUT` over `[offset, offset + len)`: the range reads as zeroes
+/// (the kernel writes zeroes itself if the device has no offload).
+pub fn blk_zeroout(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let range = [offset, len];
+    // SAFETY: the ioctl reads two u64s from `range`, live for the call.
+    retry_eintr(|| unsafe { blkioctl::blkzeroout(file.as_raw_fd(), &range) }).map(|_| ())
+}
+
+// ---------------------------------------------------------------------------
+// Scheduling and identity (ioprio_get, getpriority, gettid), for block::ioc.
+// ---------------------------------------------------------------------------
 
 const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 
@@ -59,4 +423,61 @@ pub fn tgid_of(tid: i32) -> std::io::Result<i32> {
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no Tgid in status"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_drops_whole_and_partial_buffers() {
+        let (a, b, c) = ([1u8; 4], [2u8; 4], [3u8; 4]);
+        let mut bufs: Vec<&[u8]> = vec![&a, &b, &c];
+        advance_ref(&mut bufs, 6);
+        assert_eq!(bufs, vec![&[2u8, 2][..], &c[..]]);
+        advance_ref(&mut bufs, 2);
+        assert_eq!(bufs, vec![&c[..]]);
+        advance_ref(&mut bufs, 4);
+        assert!(bufs.is_empty());
+    }
+
+    /// More iovecs than one syscall takes: the split path must place every
+    /// byte at its offset.
+    #[test]
+    fn transfers_longer_than_iov_max_are_split() -> io::Result<()> {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR"))?;
+        let path = dir.path().join("iov");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let n = IOV_MAX * 2 + 7;
+        let src: Vec<[u8; 3]> = (0..n).map(|i| [i as u8, (i >> 8) as u8, 0xa5]).collect();
+        let iov: Vec<IoSlice<'_>> = src.iter().map(|b| IoSlice::new(b)).collect();
+        pwritev_full(&file, &iov, 100, false)?;
+        pwritev_full(&file, &iov[..1], 0, true)?;
+        let mut dst = vec![[0u8; 3]; n];
+        let mut riov: Vec<IoSliceMut<'_>> = dst.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        preadv_full(&file, &mut riov, 100)?;
+        assert_eq!(dst, src);
+        // Reading past the end of the file is an error, never a short read.
+        let mut tail = [0u8; 16];
+        let end = 100 + 3 * n as u64 - 8;
+        let err = preadv_full(&file, &mut [IoSliceMut::new(&mut tail)], end);
+        assert_eq!(err.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+        Ok(())
+    }
+
+    #[test]
+    fn block_ioctls_refuse_regular_files() -> io::Result<()> {
+        let file = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR"))?;
+        assert!(!is_block_device(&file)?);
+        assert_eq!(
+            blk_size_bytes(&file).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ENOTTY))
+        );
+        Ok(())
+    }
 }

@@ -1,226 +1,108 @@
-//! Test helpers shared by the engine's integration tests.
-#![allow(dead_code)]
+//! Helpers shared by the backend test suites.
+#![allow(dead_code)] // each test crate uses a different part
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use biofs::block::backend::{BackendInfo, BlockBackend, MemBackend};
-use biofs::block::{Bio, Page, Queue, QueueLimits, ReqOp, Sector, PAGE_SIZE};
+use biofs::block::backend::BlockBackend;
 
-/// One call that reached the device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    Read {
-        offset: u64,
-        len: u64,
-        segs: usize,
-    },
-    Write {
-        offset: u64,
-        len: u64,
-        segs: usize,
-        fua: bool,
-    },
-    Flush,
-    Discard {
-        offset: u64,
-        len: u64,
-    },
-    WriteZeroes {
-        offset: u64,
-        len: u64,
-    },
+/// A heap buffer whose usable part starts on a 4 KiB boundary, so any
+/// sector-aligned slice of it is a valid `O_DIRECT` buffer. Built by
+/// over-allocating a `Vec`, no `unsafe` needed.
+pub struct AlignedBuf {
+    v: Vec<u8>,
+    off: usize,
+    len: usize,
 }
 
-/// A memory device that records every call and checks each request
-/// against a set of queue limits.
-pub struct CheckedBackend {
-    pub mem: MemBackend,
-    pub limits: Mutex<Option<QueueLimits>>,
-    pub ops: Mutex<Vec<Op>>,
-    pub violations: Mutex<Vec<String>>,
-    pub delay: Mutex<Duration>,
-    pub fail_at: Mutex<Option<(u64, i32)>>,
+impl AlignedBuf {
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let v = vec![0u8; len + 4096];
+        let off = v.as_ptr().align_offset(4096);
+        AlignedBuf { v, off, len }
+    }
+
+    pub fn from_slice(data: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::zeroed(data.len());
+        b.as_mut_slice().copy_from_slice(data);
+        b
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.v[self.off..self.off + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.v[self.off..self.off + self.len]
+    }
 }
 
-impl CheckedBackend {
-    pub fn new(size: u64) -> Arc<CheckedBackend> {
-        Arc::new(CheckedBackend {
-            mem: MemBackend::new(size),
-            limits: Mutex::new(None),
-            ops: Mutex::new(Vec::new()),
-            violations: Mutex::new(Vec::new()),
-            delay: Mutex::new(Duration::ZERO),
-            fail_at: Mutex::new(None),
+/// Deterministic pseudo-random bytes: `len` bytes for `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
         })
-    }
-
-    pub fn set_limits(&self, lim: QueueLimits) {
-        *self.limits.lock().unwrap() = Some(lim);
-    }
-
-    pub fn ops(&self) -> Vec<Op> {
-        self.ops.lock().unwrap().clone()
-    }
-
-    pub fn violations(&self) -> Vec<String> {
-        self.violations.lock().unwrap().clone()
-    }
-
-    fn check(&self, what: &str, offset: u64, segs: &[(usize, usize)]) {
-        let Some(lim) = self.limits.lock().unwrap().clone() else {
-            return;
-        };
-        let mut v = self.violations.lock().unwrap();
-        let total: usize = segs.iter().map(|s| s.1).sum();
-        if total as u64 > lim.max_bytes() {
-            v.push(format!(
-                "{what} at {offset}: {total} bytes > max {}",
-                lim.max_bytes()
-            ));
-        }
-        if segs.len() > lim.max_segments as usize {
-            v.push(format!(
-                "{what} at {offset}: {} segments > max {}",
-                segs.len(),
-                lim.max_segments
-            ));
-        }
-        if offset % u64::from(lim.logical_block_size) != 0
-            || total as u64 % u64::from(lim.logical_block_size) != 0
-        {
-            v.push(format!(
-                "{what} at {offset}: {total} bytes unaligned to the logical block"
-            ));
-        }
-        for (i, &(addr, len)) in segs.iter().enumerate() {
-            if len > lim.max_segment_size as usize {
-                v.push(format!("{what}: segment of {len} > max segment size"));
-            }
-            if lim.seg_boundary_mask != u64::MAX {
-                let first = addr as u64 & !lim.seg_boundary_mask;
-                let last = (addr + len - 1) as u64 & !lim.seg_boundary_mask;
-                if first != last {
-                    v.push(format!(
-                        "{what}: segment {addr:#x}+{len} crosses a boundary"
-                    ));
-                }
-            }
-            if lim.virt_boundary_mask != 0 && i + 1 < segs.len() {
-                let next = segs[i + 1].0;
-                if ((addr + len) as u64 | next as u64) & lim.virt_boundary_mask != 0 {
-                    v.push(format!(
-                        "{what}: virt gap between {addr:#x}+{len} and {next:#x}"
-                    ));
-                }
-            }
-        }
-    }
-
-    fn maybe_fail(&self, offset: u64, len: u64) -> io::Result<()> {
-        if let Some((sector, errno)) = *self.fail_at.lock().unwrap() {
-            let b = sector * 512;
-            if b >= offset && b < offset + len {
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-        }
-        Ok(())
-    }
+        .collect()
 }
 
-impl BlockBackend for CheckedBackend {
-    fn info(&self) -> BackendInfo {
-        let mut i = self.mem.info();
-        i.kind = "checked";
-        i
-    }
-
-    fn read_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
-        let segs: Vec<(usize, usize)> = bufs
-            .iter()
-            .map(|b| (b.as_ptr() as usize, b.len()))
-            .collect();
-        self.check("read", offset, &segs);
-        let len = segs.iter().map(|s| s.1 as u64).sum();
-        std::thread::sleep(*self.delay.lock().unwrap());
-        self.ops.lock().unwrap().push(Op::Read {
-            offset,
-            len,
-            segs: segs.len(),
-        });
-        self.maybe_fail(offset, len)?;
-        self.mem.read_at(bufs, offset)
-    }
-
-    fn write_at(&self, bufs: &[IoSlice<'_>], offset: u64, fua: bool) -> io::Result<()> {
-        let segs: Vec<(usize, usize)> = bufs
-            .iter()
-            .map(|b| (b.as_ptr() as usize, b.len()))
-            .collect();
-        self.check("write", offset, &segs);
-        let len = segs.iter().map(|s| s.1 as u64).sum();
-        std::thread::sleep(*self.delay.lock().unwrap());
-        self.ops.lock().unwrap().push(Op::Write {
-            offset,
-            len,
-            segs: segs.len(),
-            fua,
-        });
-        self.maybe_fail(offset, len)?;
-        self.mem.write_at(bufs, offset, fua)
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        self.ops.lock().unwrap().push(Op::Flush);
-        self.mem.flush()
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.ops.lock().unwrap().push(Op::Discard { offset, len });
-        self.mem.discard(offset, len)
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.ops
-            .lock()
-            .unwrap()
-            .push(Op::WriteZeroes { offset, len });
-        self.mem.write_zeroes(offset, len)
-    }
+/// Writes `data` at `offset` from an aligned buffer, as one iovec.
+pub fn write(b: &dyn BlockBackend, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+    let buf = AlignedBuf::from_slice(data);
+    b.write_at(&[IoSlice::new(buf.as_slice())], offset, fua)
 }
 
-/// A page whose bytes are a function of (seed, position).
-pub fn pattern_page(seed: u64) -> Page {
-    let mut data = vec![0u8; PAGE_SIZE];
-    for (i, b) in data.iter_mut().enumerate() {
-        *b = (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8;
-    }
-    Page::from_slice(&data)
+/// Reads `len` bytes at `offset` into an aligned buffer.
+pub fn read(b: &dyn BlockBackend, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = AlignedBuf::zeroed(len);
+    b.read_at(&mut [IoSliceMut::new(buf.as_mut_slice())], offset)?;
+    Ok(buf.as_slice().to_vec())
 }
 
-/// Write `pages` at `sector` and wait.
-pub fn write_pages(q: &Queue, sector: u64, pages: &[Page]) -> Bio {
-    let mut bio = Bio::new(ReqOp::Write, Sector(sector), pages.len());
-    for p in pages {
-        assert_eq!(
-            bio.add_page(p.clone(), PAGE_SIZE as u32, 0),
-            PAGE_SIZE as u32
+/// The whole device, read in 1 MiB pieces.
+pub fn read_all(b: &dyn BlockBackend) -> io::Result<Vec<u8>> {
+    let size = b.info().size_bytes;
+    let mut out = Vec::with_capacity(size as usize);
+    let mut pos = 0;
+    while pos < size {
+        let n = (size - pos).min(1 << 20);
+        out.extend(read(b, pos, n as usize)?);
+        pos += n;
+    }
+    Ok(out)
+}
+
+/// The errno of a result, for assertions.
+pub fn errno<T>(r: io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// Index and bytes of the first difference, for readable assertion failures.
+pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Asserts two device images are equal, reporting the first differing byte.
+#[track_caller]
+pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if let Some(i) = first_diff(got, want) {
+        panic!(
+            "{what}: images differ at byte {i} (sector {}): got {:?}, want {:?} (lengths {} / {})",
+            i / 512,
+            got.get(i),
+            want.get(i),
+            got.len(),
+            want.len()
         );
     }
-    q.submit_bio_wait(bio)
 }
 
-/// Read `n` pages at `sector` and wait; returns the data.
-pub fn read_pages(q: &Queue, sector: u64, n: usize) -> (Bio, Vec<u8>) {
-    let mut bio = Bio::new(ReqOp::Read, Sector(sector), n);
-    for _ in 0..n {
-        assert_eq!(
-            bio.add_page(Page::new(), PAGE_SIZE as u32, 0),
-            PAGE_SIZE as u32
-        );
-    }
-    let bio = q.submit_bio_wait(bio);
-    let data = bio.copy_data();
-    (bio, data)
-}
+mod engine;
+#[allow(unused_imports)] // only the engine tests use these
+pub use engine::*;

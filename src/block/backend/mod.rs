@@ -9,8 +9,14 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 
+pub mod fault;
+pub mod file;
+pub mod logwrites;
 pub mod mem;
 
+pub use fault::{CrashMode, CrashReport, FaultBackend, FaultCounters, RangeFault};
+pub use file::{DirectMode, FileBackend, FileOptions};
+pub use logwrites::{LogEntry, LogWritesBackend};
 pub use mem::MemBackend;
 
 /// What a backend tells the queue about itself.
@@ -62,17 +68,20 @@ pub trait BlockBackend: Send + Sync {
 }
 
 /// Checks the alignment and bounds rule of the [`BlockBackend`] contract.
+///
+/// Fails with a raw `EINVAL` (so `raw_os_error()` and the queue's
+/// errno-to-status mapping see it); the range and the reason are logged at
+/// debug level, since an `io::Error` can't carry both a message and an errno.
 pub fn check_range(info: &BackendInfo, offset: u64, len: u64) -> io::Result<()> {
     let lbs = u64::from(info.logical_block_size.max(1));
     let end = offset.checked_add(len);
     if offset % lbs != 0 || len % lbs != 0 || end.is_none_or(|e| e > info.size_bytes) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} backend: range {offset}+{len} is unaligned to {lbs} or beyond the end ({})",
-                info.kind, info.size_bytes
-            ),
-        ));
+        log::debug!(
+            "{} backend: range {offset}+{len} is unaligned to {lbs} or beyond the end ({})",
+            info.kind,
+            info.size_bytes
+        );
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     Ok(())
 }
