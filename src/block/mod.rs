@@ -3,6 +3,7 @@
 //! See `docs/block-layer.md` for the map from kernel names to these modules.
 
 pub mod backend;
+pub mod integrity;
 pub mod page;
 pub mod types;
 
