@@ -291,7 +291,7 @@ fn validate_geometry(
     }
     // tuple_blocks is now bounded by the (bounded) data size: no overflow.
     let tuple_end = tuple_start.checked_add(tuple_blocks * META_BLOCK);
-    if bitmap_start % META_BLOCK != 0 || tuple_end.is_none_or(|end| bitmap_start < end) {
+    if bitmap_start % META_BLOCK != 0 || tuple_end.map_or(true, |end| bitmap_start < end) {
         return Err(bad(
             "bitmap_start",
             format!("{bitmap_start} is unaligned or overlaps the tuple blocks"),
@@ -305,7 +305,7 @@ fn validate_geometry(
         ));
     }
     let bitmap_end = bitmap_start.checked_add(bitmap_blocks * META_BLOCK);
-    if bitmap_end.is_none_or(|end| end > header_offset) {
+    if bitmap_end.map_or(true, |end| end > header_offset) {
         return Err(bad(
             "bitmap_start",
             format!("bitmap at {bitmap_start} runs into the header at {header_offset}"),

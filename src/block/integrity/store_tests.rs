@@ -5,6 +5,7 @@ use std::sync::RwLock;
 
 use super::*;
 use crate::block::backend::{check_range, iov_len, BackendInfo, MemBackend};
+use crate::block::integrity::bitmap::LOOKAHEAD_REGIONS as LOOKAHEAD;
 use crate::block::integrity::profile::Checksum;
 
 /// A MemBackend that counts writes and flushes.
@@ -337,4 +338,215 @@ fn concurrent_end_write_into_one_tuple_block_loses_nothing() {
     let mut t = vec![Tuple::default(); 960];
     store.load(0, &mut t).unwrap();
     assert!(t.iter().all(|t| !t.is_unwritten()));
+}
+
+#[test]
+fn crash_inside_a_write_is_recovered_from_the_data_on_disk() {
+    let (dev, store) = fresh(8 * MIB, p512(), 1 << 20);
+    let p = *store.profile();
+    let l = *store.layout();
+    // Region 0: written and durable, then cleanly idle.
+    write(&store, &*dev, 0, &pattern(&p, 0, 512, 1));
+    store.flush().unwrap();
+    store.flush().unwrap();
+    assert!(
+        !bitmap_bit(&dev.mem.snapshot(), &l, 0),
+        "idle region 0 was cleared"
+    );
+    // Region 2: old contents durable.
+    write(&store, &*dev, 1024, &pattern(&p, 1024, 512, 2));
+    store.flush().unwrap();
+    // Region 2 again: a torn overwrite. The data reaches the disk, the
+    // tuples never do (crash before end_write).
+    store.begin_write(1100, 64).unwrap();
+    let new = pattern(&p, 1100, 64, 9);
+    dev.write_at(&[IoSlice::new(&new)], 1100 << 9, false)
+        .unwrap();
+    // Region 3: data written and end_write done, but never flushed.
+    write(&store, &*dev, 1536, &pattern(&p, 1536, 100, 3));
+    // Meanwhile a bit of region 0's data rots at rest.
+    let mut rot = [0u8; 512];
+    dev.read_at(&mut [IoSliceMut::new(&mut rot)], 7 << 9)
+        .unwrap();
+    rot[10] ^= 0x20;
+    dev.write_at(&[IoSlice::new(&rot)], 7 << 9, false).unwrap();
+    let snap = dev.mem.snapshot();
+    assert!(bitmap_bit(&snap, &l, 2) && bitmap_bit(&snap, &l, 3));
+    assert_eq!(header_state(&snap, &l), 1);
+    drop(store); // crash: no end_write, no shutdown
+
+    let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
+    assert!(
+        store.recovered_regions() >= 2,
+        "{}",
+        store.recovered_regions()
+    );
+    assert!(
+        bad_intervals(&store, &*dev, 1024, 1024).is_empty(),
+        "torn regions recomputed"
+    );
+    assert_eq!(
+        bad_intervals(&store, &*dev, 0, 512),
+        vec![7],
+        "rot in a clean region is caught"
+    );
+    let snap = dev.mem.snapshot();
+    assert!(
+        (0..l.regions()).all(|r| !bitmap_bit(&snap, &l, r)),
+        "recovery cleared the bitmap"
+    );
+    drop(store);
+    // Crash again right away: nothing dirty, nothing to recompute.
+    let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
+    assert_eq!(store.recovered_regions(), 0);
+}
+
+#[test]
+fn flush_clears_idle_bits_only() {
+    let (dev, store) = fresh(8 * MIB, p512(), 1 << 20);
+    let p = *store.profile();
+    let l = *store.layout();
+    write(&store, &*dev, 3 * 512 + 5, &pattern(&p, 3 * 512 + 5, 4, 0));
+    store.begin_write(9 * 512, 1).unwrap(); // in flight across the flushes
+    assert!(
+        bitmap_bit(&dev.mem.snapshot(), &l, 3),
+        "set durably by begin_write"
+    );
+    store.flush().unwrap();
+    assert!(
+        bitmap_bit(&dev.mem.snapshot(), &l, 3),
+        "written this interval: kept"
+    );
+    store.flush().unwrap();
+    let snap = dev.mem.snapshot();
+    assert!(
+        !bitmap_bit(&snap, &l, 3),
+        "idle for a whole interval: cleared"
+    );
+    assert!(bitmap_bit(&snap, &l, 9), "in flight: kept");
+    store.end_write(9 * 512, 1, None);
+    store.flush().unwrap();
+    store.flush().unwrap();
+    assert!(
+        bitmap_bit(&dev.mem.snapshot(), &l, 9),
+        "failed write: kept until recomputed"
+    );
+    store.shutdown().unwrap();
+    let snap = dev.mem.snapshot();
+    assert!(!bitmap_bit(&snap, &l, 9));
+    assert_eq!(header_state(&snap, &l), 0);
+}
+
+#[test]
+fn failed_write_is_recomputed_at_shutdown() {
+    let (dev, store) = fresh(8 * MIB, p512(), 1 << 20);
+    let p = *store.profile();
+    write(&store, &*dev, 0, &pattern(&p, 0, 16, 1));
+    store.begin_write(4, 8).unwrap();
+    // Half the write lands, then the device "fails" it.
+    dev.write_at(&[IoSlice::new(&pattern(&p, 4, 4, 7))], 4 << 9, false)
+        .unwrap();
+    store.end_write(4, 8, None);
+    assert_eq!(bad_intervals(&store, &*dev, 0, 16), vec![4, 5, 6, 7]);
+    store.shutdown().unwrap();
+    let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
+    assert!(bad_intervals(&store, &*dev, 0, 16).is_empty());
+}
+
+#[test]
+fn begin_write_fast_path_does_no_io_and_lookahead_is_bounded() {
+    let (dev, store) = fresh(16 * MIB, p512(), 1 << 20);
+    let l = *store.layout();
+    store.begin_write(0, 8).unwrap();
+    store.end_write(0, 8, None);
+    let before = dev.io();
+    for _ in 0..100 {
+        store.begin_write(100, 8).unwrap();
+        store.end_write(100, 8, None);
+    }
+    assert_eq!(dev.io(), before, "bit already durable: no I/O");
+    // Sequential: region 1 follows dirty region 0, so 2..=5 come along.
+    store.begin_write(512, 8).unwrap();
+    let snap = dev.mem.snapshot();
+    for r in 1..=1 + LOOKAHEAD {
+        assert!(bitmap_bit(&snap, &l, r), "region {r}");
+    }
+    assert!(!bitmap_bit(&snap, &l, 2 + LOOKAHEAD));
+    let before = dev.io();
+    store.begin_write(2 * 512, 8).unwrap();
+    assert_eq!(dev.io(), before, "lookahead saved a bitmap commit");
+    // Not sequential (region 19 is clean): no lookahead.
+    store.begin_write(20 * 512, 8).unwrap();
+    assert!(!bitmap_bit(&dev.mem.snapshot(), &l, 21));
+}
+
+#[test]
+fn persist_writes_the_tuple_block_now() {
+    let (dev, store) = fresh(8 * MIB, p512(), 1 << 20);
+    let p = *store.profile();
+    let l = *store.layout();
+    let data = pattern(&p, 600, 3, 5);
+    write(&store, &*dev, 600, &data);
+    let at = (l.tuple_start + 600 * 8) as usize;
+    assert_eq!(
+        &dev.mem.snapshot()[at..at + 8],
+        &[0; 8],
+        "only cached so far"
+    );
+    store.persist(600, 3).unwrap();
+    let snap = dev.mem.snapshot();
+    let want = tuples_for(&p, 600, &data);
+    for (i, t) in want.iter().enumerate() {
+        assert_eq!(&snap[at + i * 8..at + i * 8 + 8], &t.0);
+    }
+    let before = dev.io();
+    store.persist(600, 3).unwrap();
+    assert_eq!(dev.io(), before, "clean block: nothing to persist");
+}
+
+#[test]
+fn clear_makes_intervals_unwritten() {
+    let (dev, store) = fresh(8 * MIB, p512(), 1 << 20);
+    let p = *store.profile();
+    write(&store, &*dev, 0, &pattern(&p, 0, 3000, 4));
+    store.flush().unwrap();
+    // Discard 100..2900: two partial tuple blocks around four whole ones.
+    store.begin_write(100, 2800).unwrap();
+    dev.write_zeroes(100 << 9, 2800 << 9).unwrap();
+    store.clear(100, 2800).unwrap();
+    let mut t = vec![Tuple::default(); 3000];
+    store.load(0, &mut t).unwrap();
+    assert!(t[100..2900].iter().all(Tuple::is_unwritten));
+    assert!(t[..100].iter().chain(&t[2900..]).all(|t| !t.is_unwritten()));
+    assert!(bad_intervals(&store, &*dev, 0, 3000).is_empty());
+    store.shutdown().unwrap();
+    let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
+    store.load(0, &mut t).unwrap();
+    assert!(t[100..2900].iter().all(Tuple::is_unwritten));
+    assert!(bad_intervals(&store, &*dev, 0, 3000).is_empty());
+}
+
+#[test]
+fn one_tib_sparse_image_formats_fast() {
+    let dev = Arc::new(Sparse {
+        size: 1 << 40,
+        blocks: RwLock::new(BTreeMap::new()),
+    });
+    let start = std::time::Instant::now();
+    let l = IntegrityStore::format(&*dev, p512()).unwrap();
+    let took = start.elapsed();
+    assert!(took.as_millis() < 500, "format took {took:?}");
+    assert_eq!(
+        dev.blocks.read().unwrap().len(),
+        1,
+        "only the header is stored"
+    );
+    let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
+    assert_eq!(store.data_sectors(), l.data_sectors);
+    let first = store.layout().intervals() - 16;
+    let data = pattern(store.profile(), first, 16, 3);
+    write(&store, &*dev, first, &data);
+    store.shutdown().unwrap();
+    let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
+    assert!(bad_intervals(&store, &*dev, first, 16).is_empty());
 }
