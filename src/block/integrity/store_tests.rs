@@ -550,3 +550,34 @@ fn one_tib_sparse_image_formats_fast() {
     let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
     assert!(bad_intervals(&store, &*dev, first, 16).is_empty());
 }
+
+#[test]
+fn concurrent_writers_loads_and_flushes_with_evictions() {
+    // 8 threads over 8 tuple blocks with a 4-block cache: entries are evicted
+    // (FUA writeback) while other threads write into and load from them.
+    let (dev, store) = fresh(8 * MIB, p512(), 4 * 4096);
+    let store = Arc::new(store);
+    let p = *store.profile();
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (store, dev) = (store.clone(), dev.clone());
+            std::thread::spawn(move || {
+                for k in 0..256u64 {
+                    let i = (k * 8 + t) * 2; // every other interval, 8 blocks
+                    write(&store, &*dev, i, &pattern(&p, i, 2, t as u8));
+                    assert!(bad_intervals(&store, &*dev, i, 2).is_empty());
+                    if k % 64 == 0 {
+                        store.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(bad_intervals(&store, &*dev, 0, 4096).is_empty());
+    store.shutdown().unwrap();
+    let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
+    assert!(bad_intervals(&store, &*dev, 0, 4096).is_empty());
+}
