@@ -3,31 +3,32 @@
 //! See `docs/block-layer.md` for the map from kernel names to these modules.
 
 pub mod backend;
-pub mod ioc;
-pub mod page;
-pub mod types;
-
-pub use page::Page;
-pub use types::{
-    BlkStatus, ReqFlags, ReqOp, Sector, PAGE_SHIFT, PAGE_SIZE, SECTOR_SHIFT, SECTOR_SIZE,
-};
 pub mod bio;
 pub mod bioset;
 pub mod builder;
+pub mod integrity;
 pub mod integrity_payload;
+pub mod ioc;
 pub mod limits;
 pub mod merge;
+pub mod page;
 pub mod plug;
 pub mod queue;
 pub mod sched;
 pub mod split;
 pub mod stats;
+pub mod types;
 
 pub use bio::{bio_chain, bio_endio, bio_io_error, Bio, BioVec, BIO_MAX_VECS};
 pub use bioset::{BioSet, Gfp};
 pub use builder::BioBuilder;
+pub use integrity::{Checksum, IntegrityProfile, IntegrityStore};
 pub use ioc::{IoContext, IoPrio, IoPrioClass};
 pub use limits::QueueLimits;
+pub use page::Page;
 pub use plug::Plug;
-pub use queue::{Queue, QueueConfig};
+pub use queue::{IntegrityMode, Queue, QueueConfig};
 pub use stats::StatsSnapshot;
+pub use types::{
+    BlkStatus, ReqFlags, ReqOp, Sector, PAGE_SHIFT, PAGE_SIZE, SECTOR_SHIFT, SECTOR_SIZE,
+};

@@ -22,6 +22,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::backend::BlockBackend;
 use super::bio::{bio_chain, bio_endio, bio_io_error, Bio};
 use super::bioset::{BioSet, Gfp};
+use super::integrity::{IntegrityError, IntegrityStore};
+use super::integrity_payload::{self, interval_range, BioIntegrity};
 use super::ioc::{IoContext, IoPrioClass};
 use super::limits::{LimitsError, QueueLimits};
 use super::merge::{MergeOutcome, Request};
@@ -47,6 +49,32 @@ pub struct QueueConfig {
     pub expire: [Duration; 3],
     /// Bios the queue keeps for splitting (its `bio_split` set).
     pub split_pool: usize,
+    /// Integrity metadata: off, or kept in the store on the device.
+    pub integrity: IntegrityMode,
+}
+
+/// Whether the queue generates and verifies integrity tuples.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntegrityMode {
+    /// No tuples: the whole device is data.
+    Off,
+    /// Use the integrity store on the device (made by
+    /// [`IntegrityStore::format`]); the data area shrinks to what it leaves.
+    /// Writes always get tuples; reads are verified if `verify_reads`.
+    On {
+        verify_reads: bool,
+        cache_bytes: usize,
+    },
+}
+
+impl IntegrityMode {
+    /// On, verifying reads, with a 64 MiB tuple cache.
+    pub fn on() -> IntegrityMode {
+        IntegrityMode::On {
+            verify_reads: true,
+            cache_bytes: 64 << 20,
+        }
+    }
 }
 
 impl Default for QueueConfig {
@@ -58,6 +86,7 @@ impl Default for QueueConfig {
             limits: None,
             expire: DEFAULT_EXPIRE,
             split_pool: 64,
+            integrity: IntegrityMode::Off,
         }
     }
 }
@@ -71,6 +100,8 @@ pub enum QueueError {
     BlockSize { asked: u32, device: u32 },
     #[error("can't start queue worker threads: {0}")]
     Spawn(io::Error),
+    #[error("integrity store: {0}")]
+    Integrity(#[from] IntegrityError),
 }
 
 struct QueueState {
@@ -93,6 +124,8 @@ pub(crate) struct QueueInner {
     outstanding: AtomicUsize,
     idle: Condvar,
     split_set: BioSet,
+    integrity: Option<IntegrityStore>,
+    verify_reads: bool,
 }
 
 /// A block device queue.
@@ -117,8 +150,23 @@ impl Queue {
                 device: info.logical_block_size,
             });
         }
-        let capacity = info.size_bytes >> SECTOR_SHIFT;
-        let align = limits.logical_block_size;
+        let (integrity, verify_reads) = match config.integrity {
+            IntegrityMode::Off => (None, false),
+            IntegrityMode::On {
+                verify_reads,
+                cache_bytes,
+            } => (
+                Some(IntegrityStore::open(Arc::clone(&backend), cache_bytes)?),
+                verify_reads,
+            ),
+        };
+        let (capacity, align) = match &integrity {
+            Some(store) => {
+                let isize = store.profile().interval_size() as u32;
+                (store.data_sectors(), limits.logical_block_size.max(isize))
+            }
+            None => (info.size_bytes >> SECTOR_SHIFT, limits.logical_block_size),
+        };
         let (work_tx, work_rx) = crossbeam_channel::unbounded::<Request>();
         let inner = Arc::new(QueueInner {
             stats: QueueStats::default(),
@@ -135,6 +183,8 @@ impl Queue {
             outstanding: AtomicUsize::new(0),
             idle: Condvar::new(),
             split_set: BioSet::new("bio_split", config.split_pool.max(2), 1),
+            integrity,
+            verify_reads,
             limits,
         });
         let queue = Queue {
@@ -218,6 +268,11 @@ impl Queue {
         &self.inner.backend
     }
 
+    /// The integrity store, when integrity is on.
+    pub fn integrity(&self) -> Option<&IntegrityStore> {
+        self.inner.integrity.as_ref()
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
@@ -235,14 +290,17 @@ impl Queue {
         }
     }
 
-    /// Finish all I/O, stop the workers. Bios submitted afterwards fail with
-    /// `BlkStatus::IoErr`. Idempotent.
-    pub fn shutdown(&self) -> io::Result<()> {
-        if self.shut_down.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
+    /// Stop as a killed process would: wait for I/O already queued, stop the
+    /// workers, and write nothing more (the integrity store is not shut
+    /// down, so the next open recovers it). For crash tests.
+    pub fn abandon(self) {
         plug::flush_current();
         self.drain();
+        self.stop_workers();
+        self.shut_down.store(true, Ordering::Release);
+    }
+
+    fn stop_workers(&self) {
         {
             let mut st = self.inner.lock();
             st.dying = true;
@@ -254,7 +312,21 @@ impl Queue {
                 log::error!("a queue worker thread panicked");
             }
         }
-        Ok(())
+    }
+
+    /// Finish all I/O, stop the workers. Bios submitted afterwards fail with
+    /// `BlkStatus::IoErr`. Idempotent.
+    pub fn shutdown(&self) -> io::Result<()> {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        plug::flush_current();
+        self.drain();
+        self.stop_workers();
+        match &self.inner.integrity {
+            Some(store) => store.shutdown(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -282,6 +354,11 @@ impl QueueInner {
             bio.error_sector = Some(bio.sector);
             bio_io_error(bio, status);
             return;
+        }
+        if let (Some(store), ReqOp::Write) = (&self.integrity, bio.op) {
+            let payload = BioIntegrity::generate(store.profile(), &bio);
+            self.stats.integrity(payload.tuples().len() as u64, 0, 0);
+            bio.integrity = Some(payload);
         }
         loop {
             match self.split_once(&mut bio) {
@@ -444,8 +521,84 @@ impl QueueInner {
         }
     }
 
-    /// Do one request's I/O on the backend.
-    fn execute(&self, rq: &Request) -> io::Result<()> {
+    /// Do one request's I/O on the backend, with the integrity store's
+    /// protocol around it (docs/integrity.md).
+    fn execute(&self, rq: &mut Request) -> io::Result<()> {
+        let Some(store) = &self.integrity else {
+            return self.do_io(rq);
+        };
+        let profile = *store.profile();
+        match rq.op {
+            ReqOp::Read => {
+                self.do_io(rq)?;
+                if self.verify_reads {
+                    // Fill each bio's PI buffer from the store.
+                    for bio in rq.bios.iter_mut() {
+                        let mut payload = BioIntegrity::for_read(&profile, bio);
+                        let (first, _) = interval_range(&profile, bio.sector, u64::from(bio.size));
+                        store.load(first, &mut payload.tuples)?;
+                        bio.integrity = Some(payload);
+                    }
+                }
+                Ok(())
+            }
+            ReqOp::Write => {
+                if rq.flags.contains(ReqFlags::PREFLUSH) {
+                    store.flush()?;
+                }
+                let ranges: Vec<(u64, u64)> = rq
+                    .bios
+                    .iter()
+                    .map(|b| interval_range(&profile, b.sector, u64::from(b.size)))
+                    .collect();
+                for (i, &(first, n)) in ranges.iter().enumerate() {
+                    if let Err(e) = store.begin_write(first, n) {
+                        for &(f, n) in &ranges[..i] {
+                            store.end_write(f, n, None);
+                        }
+                        return Err(e);
+                    }
+                }
+                let result = self.do_io(rq);
+                for (bio, &(first, n)) in rq.bios.iter().zip(&ranges) {
+                    let tuples = result
+                        .is_ok()
+                        .then(|| bio.integrity.as_ref().map(|p| p.tuples()))
+                        .flatten();
+                    store.end_write(first, n, tuples);
+                }
+                result?;
+                if rq.flags.contains(ReqFlags::FUA) {
+                    let (first, n) = interval_range(&profile, rq.sector, rq.bytes());
+                    store.persist(first, n)?;
+                }
+                Ok(())
+            }
+            ReqOp::Flush => store.flush(),
+            ReqOp::Discard | ReqOp::WriteZeroes => {
+                let (first, n) = interval_range(&profile, rq.sector, rq.bytes());
+                store.begin_write(first, n)?;
+                let result = self.do_io(rq);
+                let zeroed = rq.op == ReqOp::WriteZeroes || self.backend.info().discard_zeroes;
+                match result {
+                    Ok(()) if zeroed => store.clear(first, n),
+                    Ok(()) => {
+                        // Contents undefined: the region stays dirty and its
+                        // tuples are recomputed at shutdown or recovery.
+                        store.end_write(first, n, None);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        store.end_write(first, n, None);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The data transfer itself.
+    fn do_io(&self, rq: &Request) -> io::Result<()> {
         let offset = rq.sector.to_bytes();
         match rq.op {
             ReqOp::Read => {
@@ -472,7 +625,7 @@ impl QueueInner {
                 self.backend.read_at(&mut iov, offset)
             }
             ReqOp::Write => {
-                if rq.flags.contains(ReqFlags::PREFLUSH) {
+                if rq.flags.contains(ReqFlags::PREFLUSH) && self.integrity.is_none() {
                     self.backend.flush()?;
                 }
                 let mut iov = Vec::with_capacity(rq.nr_segs as usize);
@@ -526,11 +679,17 @@ impl QueueInner {
 }
 
 /// A queue worker: take requests, do the I/O, complete or hand to verify.
-fn worker_loop(q: &Arc<QueueInner>, rx: &Receiver<Request>, _verify_tx: &Sender<Request>) {
-    for rq in rx {
-        let result = q.execute(&rq);
+fn worker_loop(q: &Arc<QueueInner>, rx: &Receiver<Request>, verify_tx: &Sender<Request>) {
+    for mut rq in rx {
+        let result = q.execute(&mut rq);
         q.io_done();
         match result {
+            Ok(()) if rq.op == ReqOp::Read && q.verify_reads => {
+                if let Err(e) = verify_tx.send(rq) {
+                    // No verify worker left: never hand back unverified data.
+                    q.end_request(e.into_inner(), BlkStatus::IoErr, false);
+                }
+            }
             Ok(()) => q.end_request(rq, BlkStatus::Ok, false),
             Err(e) => {
                 log::warn!(
@@ -549,7 +708,28 @@ fn worker_loop(q: &Arc<QueueInner>, rx: &Receiver<Request>, _verify_tx: &Sender<
 
 /// A verify worker (`kintegrityd`): checks read data against its tuples.
 fn verify_loop(q: &Arc<QueueInner>, rx: &Receiver<Request>) {
-    for rq in rx {
+    for mut rq in rx {
+        let Some(store) = &q.integrity else {
+            q.end_request(rq, BlkStatus::Ok, false);
+            continue;
+        };
+        let (mut checked, mut failed) = (0, 0);
+        for bio in rq.bios.iter_mut() {
+            let (n, bad) = integrity_payload::verify(store.profile(), bio);
+            checked += n;
+            if let Some(sector) = bad {
+                failed += 1;
+                log::error!(
+                    "integrity: protection error reading {} ({} profile): the data does not match its tuple",
+                    sector,
+                    store.profile().name()
+                );
+                bio.status = BlkStatus::Protection;
+                bio.error_sector = Some(sector);
+            }
+            bio.integrity = None;
+        }
+        q.stats.integrity(0, checked, failed);
         q.end_request(rq, BlkStatus::Ok, false);
     }
 }

@@ -137,6 +137,7 @@ mod tests {
             physical_block_size: 4096,
             direct_io: true,
             kind: "test",
+            discard_zeroes: true,
         })
     }
 

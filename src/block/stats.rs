@@ -129,6 +129,12 @@ impl QueueStats {
         add(&self.errors, 1);
     }
 
+    pub(crate) fn integrity(&self, generated: u64, verified: u64, failed: u64) {
+        add(&self.integrity_generated, generated);
+        add(&self.integrity_verified, verified);
+        add(&self.integrity_failed, failed);
+    }
+
     /// A consistent-enough copy of every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);

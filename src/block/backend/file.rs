@@ -94,6 +94,7 @@ impl FileBackend {
                 physical_block_size: pbs,
                 direct_io: direct,
                 kind: if block_device { "blockdev" } else { "file" },
+                discard_zeroes: !block_device,
             },
             block_device,
             read_only: opts.read_only,

@@ -58,6 +58,7 @@ impl BlockBackend for MemBackend {
             physical_block_size: self.logical_block_size.max(4096),
             direct_io: true,
             kind: "memory",
+            discard_zeroes: true,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct BackendInfo {
     pub direct_io: bool,
     /// A short name for logs: "file", "blockdev", "memory", "fault", "log-writes".
     pub kind: &'static str,
+    /// True when a discarded range is guaranteed to read back as zeroes
+    /// (image files, memory); false for block devices.
+    pub discard_zeroes: bool,
 }
 
 /// A device the block layer can read and write.
