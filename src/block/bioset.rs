@@ -10,11 +10,12 @@
 //! allocation hands them to the set's rescuer thread, which submits them
 //! (`punt_bios_to_rescuer()`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use crossbeam_queue::ArrayQueue;
 
 use super::bio::{Bio, BioVec, BIO_MAX_VECS};
 use super::plug;
@@ -31,17 +32,18 @@ pub enum Gfp {
 
 type RescueWork = Box<dyn FnOnce() + Send>;
 
-struct PoolState {
-    in_use: usize,
-    free_vecs: Vec<Vec<BioVec>>,
-}
-
 pub(crate) struct BioSetInner {
     name: String,
     capacity: usize,
     reserve: usize,
-    state: Mutex<PoolState>,
+    /// Bios of this set alive now; never above `capacity`.
+    in_use: AtomicUsize,
+    /// Threads blocked in a waiting allocation.
+    waiters: AtomicUsize,
+    wait_lock: Mutex<()>,
     freed: Condvar,
+    /// Segment vectors of freed bios, reused by the next allocations.
+    free_vecs: ArrayQueue<Vec<BioVec>>,
     rescuer: Mutex<Option<Sender<RescueWork>>>,
     rescue_enabled: AtomicBool,
     stats: BioSetCounters,
@@ -82,13 +84,17 @@ impl PoolSlot {
     pub(crate) fn release(self, mut vecs: Vec<BioVec>) {
         vecs.clear();
         let set = &self.set;
-        let mut st = set.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.in_use -= 1;
-        if st.free_vecs.len() < set.capacity && vecs.capacity() > 0 {
-            st.free_vecs.push(vecs);
+        if vecs.capacity() > 0 {
+            // A full queue just drops the vector.
+            let _ = set.free_vecs.push(vecs);
         }
-        drop(st);
-        set.freed.notify_one();
+        set.in_use.fetch_sub(1, Ordering::SeqCst);
+        // A waiter registers before its last check under `wait_lock`, so
+        // either it sees this slot free or it is woken here.
+        if set.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = set.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+            set.freed.notify_one();
+        }
     }
 }
 
@@ -103,11 +109,11 @@ impl BioSet {
                 name: name.to_string(),
                 capacity,
                 reserve: reserve.min(capacity - 1),
-                state: Mutex::new(PoolState {
-                    in_use: 0,
-                    free_vecs: Vec::new(),
-                }),
+                in_use: AtomicUsize::new(0),
+                waiters: AtomicUsize::new(0),
+                wait_lock: Mutex::new(()),
                 freed: Condvar::new(),
+                free_vecs: ArrayQueue::new(capacity),
                 rescuer: Mutex::new(None),
                 rescue_enabled: AtomicBool::new(true),
                 stats: BioSetCounters::default(),
@@ -128,40 +134,42 @@ impl BioSet {
             Gfp::NoWait => set.capacity - set.reserve,
             Gfp::Wait => set.capacity,
         };
-        let mut st = set.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut waited = false;
-        while st.in_use >= limit {
+        if !set.try_take(limit) {
             if gfp == Gfp::NoWait {
                 set.stats.nowait_failures.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
-            if !waited {
-                set.stats.waits.fetch_add(1, Ordering::Relaxed);
-                waited = true;
-            }
-            drop(st);
-            self.punt_plugged_to_rescuer();
-            st = set.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.in_use < limit {
-                break;
-            }
-            st = match set.freed.wait_timeout(st, Duration::from_millis(50)) {
-                Ok((guard, _)) => guard,
-                Err(e) => e.into_inner().0,
-            };
+            self.wait_for_slot(limit);
         }
-        st.in_use += 1;
-        let vecs = st.free_vecs.pop().unwrap_or_default();
-        drop(st);
         set.stats.allocs.fetch_add(1, Ordering::Relaxed);
         let max_vecs = nr_vecs.clamp(1, BIO_MAX_VECS);
-        let mut vecs = vecs;
+        let mut vecs = set.free_vecs.pop().unwrap_or_default();
         vecs.reserve(max_vecs);
         let mut bio = Bio::with_vecs(op, sector, vecs, max_vecs);
         bio.pool = Some(PoolSlot {
             set: Arc::clone(set),
         });
         Some(bio)
+    }
+
+    /// Block until a slot under `limit` is ours, punting this thread's
+    /// plugged bios to the rescuer first.
+    fn wait_for_slot(&self, limit: usize) {
+        let set = &self.inner;
+        set.stats.waits.fetch_add(1, Ordering::Relaxed);
+        set.waiters.fetch_add(1, Ordering::SeqCst);
+        loop {
+            self.punt_plugged_to_rescuer();
+            let guard = set.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if set.try_take(limit) {
+                break;
+            }
+            drop(set.freed.wait_timeout(guard, Duration::from_millis(50)));
+            if set.try_take(limit) {
+                break;
+            }
+        }
+        set.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Hand the calling thread's plugged requests to the rescuer thread,
@@ -206,13 +214,27 @@ impl BioSet {
             nowait_failures: s.nowait_failures.load(Ordering::Relaxed),
             waits: s.waits.load(Ordering::Relaxed),
             rescues: s.rescues.load(Ordering::Relaxed),
-            in_use: self
-                .inner
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .in_use,
+            in_use: self.inner.in_use.load(Ordering::SeqCst),
         }
+    }
+}
+
+impl BioSetInner {
+    /// Take a slot if fewer than `limit` are in use.
+    fn try_take(&self, limit: usize) -> bool {
+        let mut cur = self.in_use.load(Ordering::SeqCst);
+        while cur < limit {
+            match self.in_use.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
     }
 }
 

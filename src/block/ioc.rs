@@ -141,6 +141,10 @@ impl SchedClass {
     }
 }
 
+thread_local! {
+    static CURRENT_IOC: Arc<IoContext> = IocRegistry::global().get_or_create(std::process::id() as i32);
+}
+
 /// A process's I/O context. Counterpart of `struct io_context`.
 pub struct IoContext {
     pid: i32,
@@ -170,10 +174,13 @@ impl IoContext {
 
     /// The calling process's context, shared by all its threads.
     pub fn current() -> Arc<IoContext> {
-        thread_local! {
-            static CURRENT: Arc<IoContext> = IocRegistry::global().get_or_create(std::process::id() as i32);
-        }
-        CURRENT.with(Arc::clone)
+        CURRENT_IOC.with(Arc::clone)
+    }
+
+    /// The calling process's priority (`get_current_ioprio()`), without
+    /// taking a reference.
+    pub fn current_ioprio() -> IoPrio {
+        CURRENT_IOC.with(|ioc| ioc.ioprio())
     }
 
     /// The process this context belongs to.

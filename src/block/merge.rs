@@ -29,18 +29,29 @@ pub(crate) struct Request {
     pub(crate) bios: VecDeque<Bio>,
     /// When the request entered the scheduler.
     pub(crate) queued_at: Option<Instant>,
+    /// Address of the first byte of the first segment and just past the
+    /// last segment, kept for the virt-boundary check on merges.
+    first_addr: Option<usize>,
+    end_addr: Option<usize>,
 }
 
 impl Request {
     pub(crate) fn from_bio(bio: Bio) -> Request {
+        let (first_addr, end_addr) = seg_bounds(&bio);
         Request {
+            first_addr,
+            end_addr,
             op: bio.op,
             flags: bio.flags,
             class: bio.ioprio.sched_class(),
             sector: bio.sector,
             nr_sectors: bio.sectors(),
             nr_segs: bio.nr_segs,
-            bios: VecDeque::from([bio]),
+            bios: {
+                let mut bios = VecDeque::with_capacity(32);
+                bios.push_back(bio);
+                bios
+            },
             queued_at: None,
         }
     }
@@ -52,15 +63,14 @@ impl Request {
     pub(crate) fn bytes(&self) -> u64 {
         u64::from(self.nr_sectors) << SECTOR_SHIFT
     }
+}
 
-    fn last_seg_end(&self) -> Option<usize> {
-        let bv = self.bios.back()?.vecs.last()?;
-        Some(bv.addr() + bv.len as usize)
-    }
-
-    fn first_seg_start(&self) -> Option<usize> {
-        self.bios.front()?.cur_segments().next().map(|s| s.addr())
-    }
+/// Address of a bio's first data byte and just past its last.
+#[inline]
+fn seg_bounds(bio: &Bio) -> (Option<usize>, Option<usize>) {
+    let first = bio.cur_segments().next().map(|s| s.addr());
+    let end = bio.vecs.last().map(|v| v.addr() + v.len as usize);
+    (first, end)
 }
 
 /// Where a bio joins a request.
@@ -101,15 +111,13 @@ pub(crate) fn fits_limits(rq: &Request, bio: &Bio, kind: MergeKind, lim: &QueueL
     if rq.nr_segs + bio.nr_segs > lim.max_segments {
         return false;
     }
+    if lim.virt_boundary_mask == 0 {
+        return true;
+    }
+    let (bio_first, bio_end) = seg_bounds(bio);
     let (first, second) = match kind {
-        MergeKind::Back => (
-            rq.last_seg_end(),
-            bio.cur_segments().next().map(|s| s.addr()),
-        ),
-        MergeKind::Front => (
-            bio.vecs.last().map(|b| b.addr() + b.len as usize),
-            rq.first_seg_start(),
-        ),
+        MergeKind::Back => (rq.end_addr, bio_first),
+        MergeKind::Front => (bio_end, rq.first_addr),
     };
     match (first, second) {
         (Some(end), Some(start)) => !lim.virt_gap(end, start),
@@ -119,12 +127,18 @@ pub(crate) fn fits_limits(rq: &Request, bio: &Bio, kind: MergeKind, lim: &QueueL
 
 /// Merge `bio` into `rq` on the given side. The caller has checked all
 /// three conditions above.
+#[inline]
 fn do_merge(rq: &mut Request, bio: Bio, kind: MergeKind) {
     rq.nr_sectors += bio.sectors();
     rq.nr_segs += bio.nr_segs;
+    let (first, end) = seg_bounds(&bio);
     match kind {
-        MergeKind::Back => rq.bios.push_back(bio),
+        MergeKind::Back => {
+            rq.end_addr = end;
+            rq.bios.push_back(bio);
+        }
         MergeKind::Front => {
+            rq.first_addr = first;
             rq.sector = bio.sector;
             rq.bios.push_front(bio);
         }
@@ -169,7 +183,8 @@ impl MergeIndex {
 
     /// Try to merge `bio` into one of `rqs` (`elv_merge()` +
     /// `bio_attempt_{back,front}_merge()`): the last-merge hint first, then
-    /// the hashes.
+    /// the hashes, looked up only when the hint misses.
+    #[inline]
     pub(crate) fn attempt(
         &mut self,
         rqs: &mut Slab<Request>,
@@ -179,34 +194,73 @@ impl MergeIndex {
         if !bio.op.has_data() || bio.flags.intersects(ReqFlags::NOMERGE_FLAGS) {
             return MergeOutcome::NotMerged(bio);
         }
-        let mut candidates = [
-            self.last_merge,
-            self.by_end.get(&bio.sector.0).copied(),
-            None,
-        ];
-        candidates[2] = self.by_start.get(&bio.end_sector().0).copied();
-        for (i, key) in candidates.into_iter().enumerate() {
-            let Some(key) = key else { continue };
-            let Some(rq) = rqs.get_mut(key) else { continue };
-            if !rq_merge_ok(rq, &bio) {
+        if let Some(key) = self.last_merge {
+            if let Some(kind) = Self::mergeable(rqs, key, &bio, lim) {
+                return self.merge_into(rqs, key, bio, kind, true);
+            }
+        }
+        let by_end = self.by_end.get(&bio.sector.0).copied();
+        let by_start = || self.by_start.get(&bio.end_sector().0).copied();
+        for key in [by_end, by_start()].into_iter().flatten() {
+            if Some(key) == self.last_merge {
                 continue;
             }
-            let Some(kind) = try_merge(rq, &bio) else {
-                continue;
-            };
-            if !fits_limits(rq, &bio, kind, lim) {
-                continue;
+            if let Some(kind) = Self::mergeable(rqs, key, &bio, lim) {
+                return self.merge_into(rqs, key, bio, kind, false);
             }
-            self.remove(key, rq);
-            do_merge(rq, bio, kind);
-            self.add(key, rq);
-            self.last_merge = Some(key);
-            return MergeOutcome::Merged {
-                kind,
-                hint_hit: i == 0,
-            };
         }
         MergeOutcome::NotMerged(bio)
+    }
+
+    #[inline]
+    fn mergeable(
+        rqs: &Slab<Request>,
+        key: usize,
+        bio: &Bio,
+        lim: &QueueLimits,
+    ) -> Option<MergeKind> {
+        let rq = rqs.get(key)?;
+        if !rq_merge_ok(rq, bio) {
+            return None;
+        }
+        let kind = try_merge(rq, bio)?;
+        fits_limits(rq, bio, kind, lim).then_some(kind)
+    }
+
+    /// Merge and keep the index in step: a back merge moves the request's
+    /// end, a front merge its start.
+    #[inline]
+    fn merge_into(
+        &mut self,
+        rqs: &mut Slab<Request>,
+        key: usize,
+        bio: Bio,
+        kind: MergeKind,
+        hint_hit: bool,
+    ) -> MergeOutcome {
+        let Some(rq) = rqs.get_mut(key) else {
+            return MergeOutcome::NotMerged(bio);
+        };
+        match kind {
+            MergeKind::Back => {
+                let old = rq.end_sector();
+                if self.by_end.get(&old) == Some(&key) {
+                    self.by_end.remove(&old);
+                }
+                do_merge(rq, bio, kind);
+                self.by_end.insert(rq.end_sector(), key);
+            }
+            MergeKind::Front => {
+                let old = rq.sector.0;
+                if self.by_start.get(&old) == Some(&key) {
+                    self.by_start.remove(&old);
+                }
+                do_merge(rq, bio, kind);
+                self.by_start.insert(rq.sector.0, key);
+            }
+        }
+        self.last_merge = Some(key);
+        MergeOutcome::Merged { kind, hint_hit }
     }
 
     pub(crate) fn clear(&mut self) {

@@ -19,7 +19,7 @@ pub mod split;
 pub mod stats;
 pub mod types;
 
-pub use bio::{bio_chain, bio_endio, bio_io_error, Bio, BioVec, BIO_MAX_VECS};
+pub use bio::{bio_chain, bio_endio, bio_io_error, Bio, BioVec, SharedEndIo, BIO_MAX_VECS};
 pub use bioset::{BioSet, Gfp};
 pub use builder::BioBuilder;
 pub use integrity::{Checksum, IntegrityProfile, IntegrityStore};

@@ -85,6 +85,7 @@ pub fn is_plugged() -> bool {
 
 /// Add `bio` to the calling thread's plug for queue `q`, merging it with a
 /// plugged request where it can. Gives the bio back when no plug is active.
+#[inline]
 pub(crate) fn plug_bio(q: &Arc<QueueInner>, bio: Bio) -> Option<Bio> {
     let mut unplugged = None;
     let full = PLUG.with(|p| {

@@ -228,6 +228,7 @@ impl Queue {
     /// success or failure; errors are reported through the bio's status,
     /// never by this call. The bio's priority, if unset, is taken from the
     /// calling process's io_context.
+    #[inline]
     pub fn submit_bio(&self, bio: Bio) {
         self.inner.submit(bio);
     }
@@ -345,7 +346,7 @@ impl QueueInner {
 
     fn submit(self: &Arc<Self>, mut bio: Bio) {
         if bio.ioprio.class() == IoPrioClass::None {
-            bio.ioprio = IoContext::current().ioprio();
+            bio.ioprio = IoContext::current_ioprio();
         }
         self.stats.bio_submitted(bio.ioprio.sched_class());
         if let Err(status) = self.check(&bio) {
@@ -358,7 +359,7 @@ impl QueueInner {
         if let (Some(store), ReqOp::Write) = (&self.integrity, bio.op) {
             let payload = BioIntegrity::generate(store.profile(), &bio);
             self.stats.integrity(payload.tuples().len() as u64, 0, 0);
-            bio.integrity = Some(payload);
+            bio.integrity = Some(Box::new(payload));
         }
         loop {
             match self.split_once(&mut bio) {
@@ -440,6 +441,7 @@ impl QueueInner {
     }
 
     /// Into the plug, or straight into the scheduler.
+    #[inline]
     fn queue_bio(self: &Arc<Self>, bio: Bio) {
         let Some(bio) = plug::plug_bio(self, bio) else {
             return;
@@ -537,7 +539,7 @@ impl QueueInner {
                         let mut payload = BioIntegrity::for_read(&profile, bio);
                         let (first, _) = interval_range(&profile, bio.sector, u64::from(bio.size));
                         store.load(first, &mut payload.tuples)?;
-                        bio.integrity = Some(payload);
+                        bio.integrity = Some(Box::new(payload));
                     }
                 }
                 Ok(())
@@ -664,12 +666,12 @@ impl QueueInner {
         if !status.is_ok() {
             self.stats.error();
         }
+        self.stats.bios_completed(rq.bios.len() as u64);
         for mut bio in rq.bios.drain(..) {
             if !status.is_ok() && bio.status.is_ok() {
                 bio.status = status;
                 bio.error_sector = Some(if at_request { rq.sector } else { bio.sector });
             }
-            self.stats.bio_completed();
             bio_endio(bio);
         }
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {

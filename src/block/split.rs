@@ -106,7 +106,7 @@ pub(crate) fn bio_split(bio: &mut Bio, bytes: u32, mut front: Bio) -> Bio {
     front.sector = bio.sector;
     front.size = bytes;
     if let Some(integrity) = bio.integrity.as_mut() {
-        front.integrity = Some(integrity.split_front(bytes));
+        front.integrity = Some(Box::new(integrity.split_front(bytes)));
     }
     bio.advance(bytes);
     front

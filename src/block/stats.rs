@@ -66,8 +66,8 @@ impl QueueStats {
         add(&self.class[class.index()].submitted, 1);
     }
 
-    pub(crate) fn bio_completed(&self) {
-        add(&self.bios_completed, 1);
+    pub(crate) fn bios_completed(&self, n: u64) {
+        add(&self.bios_completed, n);
     }
 
     pub(crate) fn bio_split(&self) {

@@ -187,3 +187,12 @@ fn chaining_from_many_threads_completes_once() {
         assert_eq!(done.load(Ordering::SeqCst), 1);
     }
 }
+
+#[test]
+fn bio_stays_small() {
+    // Bios are moved by value through submission and merging: keep them
+    // within a few cache lines.
+    let size = std::mem::size_of::<Bio>();
+    println!("size_of::<Bio>() = {size}");
+    assert!(size <= 160, "Bio grew to {size} bytes");
+}
