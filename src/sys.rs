@@ -410,6 +410,17 @@ pub fn nice_of(pid: i32) -> std::io::Result<i32> {
     Ok(ret)
 }
 
+/// The scheduling policy of task `pid` (`sched_getscheduler(2)`), e.g.
+/// `SCHED_OTHER`, `SCHED_IDLE`, `SCHED_FIFO`.
+pub fn sched_policy(pid: i32) -> std::io::Result<i32> {
+    // SAFETY: sched_getscheduler takes an integer and touches no memory.
+    let ret = unsafe { libc::sched_getscheduler(pid) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
 /// The calling thread's id.
 pub fn gettid() -> i32 {
     nix::unistd::gettid().as_raw()

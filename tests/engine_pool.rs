@@ -68,6 +68,14 @@ fn hammer(rescuer: bool, timeout: Duration) -> bool {
             return false;
         }
     }
+    // Punted work may still be on its way through the rescuer: wait for
+    // every completion rather than for the queue to look idle.
+    let deadline = std::time::Instant::now() + timeout;
+    while completed.load(Ordering::SeqCst) < threads * per_thread
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     q.drain();
     assert_eq!(completed.load(Ordering::SeqCst), threads * per_thread);
     assert!(

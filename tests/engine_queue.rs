@@ -252,7 +252,7 @@ fn chained_bios_through_the_queue_complete_the_parent_last() {
     for i in 1..4u64 {
         let mut c = Bio::new(ReqOp::Write, Sector(i * 8), 1);
         c.add_page(pattern_page(i), PAGE_SIZE as u32, 0);
-        bio_chain(&mut c, &mut parent);
+        bio_chain(&mut c, &mut parent).unwrap();
         kids.push(c);
     }
     *dev.fail_at.lock().unwrap() = Some((16, libc::EIO));
@@ -289,4 +289,108 @@ fn bio_sets_reserve_is_only_for_waiting_allocations() {
     drop((b, c, d));
     assert_eq!(set.stats().in_use, 0);
     assert_eq!(set.stats().nowait_failures, 1);
+}
+
+#[test]
+fn regression_a_plug_does_not_keep_a_dropped_queue_alive() {
+    let dev = CheckedBackend::new(1 << 20);
+    let q = queue(&dev, None);
+    {
+        let _plug = Plug::new();
+        let mut b = Bio::new(ReqOp::Write, Sector(0), 1);
+        b.add_page(pattern_page(0), PAGE_SIZE as u32, 0);
+        q.submit_bio(b);
+        {
+            let _nested = Plug::new(); // nested: does nothing
+        }
+        assert_eq!(q.stats().writes, 0, "still plugged");
+    }
+    q.drain();
+    assert_eq!(q.stats().writes, 1);
+    // Keep an outer plug open on this thread while the queue goes away.
+    let _plug = Plug::new();
+    drop(q);
+    assert_eq!(
+        Arc::strong_count(&dev),
+        1,
+        "the backend was released with the queue"
+    );
+}
+
+#[test]
+fn regression_a_split_bio_comes_back_as_submitted() {
+    let dev = CheckedBackend::new(8 << 20);
+    let mut lim = QueueLimits::for_backend(&dev.info());
+    lim.max_sectors = 64;
+    let q = queue(&dev, Some(lim));
+    let pages: Vec<Page> = (0..64).map(pattern_page).collect();
+    let bio = write_pages(&q, 512, &pages);
+    assert!(bio.status().is_ok());
+    assert!(q.stats().bios_split > 0);
+    assert_eq!(
+        (bio.sector(), bio.size(), bio.vcnt()),
+        (Sector(512), 64 * 4096, 64)
+    );
+    // It can be submitted again as it is.
+    let again = q.submit_bio_wait(bio);
+    assert!(again.status().is_ok(), "{:?}", again.status());
+}
+
+#[test]
+fn sync_bios_merge_and_are_not_held_in_the_plug() {
+    let dev = CheckedBackend::new(8 << 20);
+    let q = queue(&dev, None);
+    let _plug = Plug::new();
+    for i in 0..3u64 {
+        let mut b = Bio::new(ReqOp::Write, Sector(i * 8), 1);
+        b.add_page(pattern_page(i), PAGE_SIZE as u32, 0);
+        if i == 2 {
+            b.add_flags(ReqFlags::SYNC);
+        }
+        q.submit_bio(b);
+    }
+    q.drain();
+    assert_eq!(
+        dev.ops(),
+        vec![Op::Write {
+            offset: 0,
+            len: 3 * 4096,
+            segs: 3,
+            fua: false
+        }],
+        "merged and sent at once"
+    );
+}
+
+#[test]
+fn the_builder_sends_preflush_once_and_fua_on_every_piece() {
+    let dev = CheckedBackend::new(8 << 20);
+    let q = queue(&dev, None);
+    let set = BioSet::new("b", 64, 2);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let mut b = biofs::block::BioBuilder::new(
+        &q,
+        &set,
+        ReqOp::Write,
+        ReqFlags::PREFLUSH | ReqFlags::FUA,
+        biofs::block::IoPrio::DEFAULT,
+        move |bio: Bio| {
+            tx.send(bio.status()).unwrap();
+        },
+    );
+    for i in 0..200u64 {
+        b.add_page(Sector(i * 8), pattern_page(i), PAGE_SIZE as u32, 0);
+    }
+    b.finish();
+    assert_eq!(rx.recv().unwrap(), BlkStatus::Ok);
+    let ops = dev.ops();
+    assert_eq!(
+        ops.iter().filter(|o| **o == Op::Flush).count(),
+        1,
+        "{ops:?}"
+    );
+    assert_eq!(ops.first(), Some(&Op::Flush));
+    assert!(ops
+        .iter()
+        .all(|o| matches!(o, Op::Flush | Op::Write { fua: true, .. })));
 }

@@ -29,8 +29,7 @@ pub struct BioVec {
 impl BioVec {
     /// The segment's bytes.
     pub fn as_slice(&self) -> &[u8] {
-        let start = self.offset as usize;
-        &self.page.as_slice()[start..start + self.len as usize]
+        self.page.slice(self.offset as usize, self.len as usize)
     }
 
     /// Address of the segment's first byte (for boundary and gap checks).
@@ -53,8 +52,7 @@ impl<'a> CurSeg<'a> {
     }
 
     pub(crate) fn as_slice(&self) -> &'a [u8] {
-        let start = self.offset as usize;
-        &self.page.as_slice()[start..start + self.len as usize]
+        self.page.slice(self.offset as usize, self.len as usize)
     }
 }
 
@@ -137,6 +135,10 @@ pub struct Bio {
     /// already done. The rest of `vecs` from there is the bio's data.
     pub(crate) iter_idx: usize,
     pub(crate) iter_skip: u32,
+    /// Position and size as submitted, kept when the bio is split so that
+    /// its owner gets back the bio it submitted (0 size: not split).
+    pub(crate) submitted_sector: u64,
+    pub(crate) submitted_size: u32,
     pub(crate) max_vecs: usize,
     /// Memory segments once split to the queue limits (set at submission).
     pub(crate) nr_segs: u32,
@@ -170,6 +172,8 @@ impl Bio {
             vecs,
             iter_idx: 0,
             iter_skip: 0,
+            submitted_sector: 0,
+            submitted_size: 0,
             max_vecs,
             nr_segs: 0,
             status: BlkStatus::Ok,
@@ -339,6 +343,26 @@ impl Bio {
             })
     }
 
+    /// Remember the position as submitted before the first split.
+    pub(crate) fn mark_submitted(&mut self) {
+        if self.submitted_size == 0 {
+            self.submitted_sector = self.sector.0;
+            self.submitted_size = self.size;
+        }
+    }
+
+    /// Put a split bio back as it was submitted: all segments, first sector,
+    /// full size (the owner sees what it submitted; it can be resubmitted).
+    fn rewind(&mut self) {
+        if self.submitted_size != 0 {
+            self.sector = Sector(self.submitted_sector);
+            self.size = self.submitted_size;
+            self.iter_idx = 0;
+            self.iter_skip = 0;
+            self.submitted_size = 0;
+        }
+    }
+
     /// Move the iterator past `bytes` (`bio_advance()`).
     pub(crate) fn advance(&mut self, bytes: u32) {
         let mut left = bytes.min(self.size);
@@ -407,13 +431,32 @@ impl Bio {
     }
 }
 
+/// Why [`bio_chain`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The child is already chained to a parent (the kernel `BUG_ON`s).
+    #[error("the bio is already chained to a parent")]
+    AlreadyChained,
+    /// The child has already ended.
+    #[error("the bio has already ended")]
+    Ended,
+}
+
 /// Make `parent` complete only after `child` has (`bio_chain()`).
 ///
 /// The child's completion is taken over by the chain: a child must not have
 /// an end_io of its own (one that is set is dropped without running, and a
 /// warning is logged). The parent's end_io runs once, after its own I/O and
 /// every chained child's, with the first error any of them saw.
-pub fn bio_chain(child: &mut Bio, parent: &mut Bio) {
+///
+/// Fails, changing nothing, if the child is already chained or has ended.
+pub fn bio_chain(child: &mut Bio, parent: &mut Bio) -> Result<(), ChainError> {
+    if child.chain_parent.is_some() {
+        return Err(ChainError::AlreadyChained);
+    }
+    if child.ended {
+        return Err(ChainError::Ended);
+    }
     if child.end_io.take().is_some() {
         log::warn!(
             "bio_chain: the child at {} had its own end_io; it will not run",
@@ -423,6 +466,7 @@ pub fn bio_chain(child: &mut Bio, parent: &mut Bio) {
     let node = parent.chain_node.get_or_insert_with(ChainNode::new);
     node.remaining.fetch_add(1, Ordering::AcqRel);
     child.chain_parent = Some(Arc::clone(node));
+    Ok(())
 }
 
 /// End a bio (`bio_endio()`): runs its completion, or, if it still has
@@ -478,6 +522,7 @@ pub fn bio_endio(bio: Bio) {
             }
         }
         bio.ended = true;
+        bio.rewind();
         if let Some(end_io) = bio.end_io.take() {
             end_io.call(bio);
         }

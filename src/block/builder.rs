@@ -104,14 +104,25 @@ impl<'a> BioBuilder<'a> {
                     .unwrap_or_else(|| Bio::new(op, sector, self.nr_vecs))
             }
         };
-        bio.set_flags(self.parent.flags());
+        // A preflush is needed once, before the first piece; FUA and the
+        // rest apply to every piece.
+        let mut flags = self.parent.flags();
+        if self.submitted > 0 || self.cur.is_some() {
+            flags = flags.without(ReqFlags::PREFLUSH);
+        }
+        bio.set_flags(flags);
         bio.set_ioprio(self.parent.ioprio());
         bio
     }
 
     fn submit_current(&mut self) {
         if let Some(mut bio) = self.cur.take() {
-            bio_chain(&mut bio, &mut self.parent);
+            // A bio of our own, never chained before: chaining can't fail.
+            if bio_chain(&mut bio, &mut self.parent).is_err() {
+                self.parent
+                    .set_status(BlkStatus::Invalid, Some(bio.sector()));
+                return;
+            }
             self.submitted += 1;
             self.queue.submit_bio(bio);
         }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::sys;
@@ -141,8 +141,34 @@ impl SchedClass {
     }
 }
 
+/// A thread's attachment to its process's context: counted in
+/// `nr_tasks` while the thread lives.
+struct TaskRef(Arc<IoContext>);
+
+impl TaskRef {
+    fn attach(ioc: Arc<IoContext>) -> TaskRef {
+        ioc.nr_tasks.fetch_add(1, Ordering::Relaxed);
+        TaskRef(ioc)
+    }
+}
+
+impl Drop for TaskRef {
+    fn drop(&mut self) {
+        self.0.nr_tasks.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 thread_local! {
-    static CURRENT_IOC: Arc<IoContext> = IocRegistry::global().get_or_create(std::process::id() as i32);
+    static CURRENT_IOC: TaskRef = TaskRef::attach(IocRegistry::global().get_or_create(std::process::id() as i32));
+}
+
+/// How often the calling process's priority is re-read from the kernel.
+const REFRESH_MS: u64 = 1000;
+
+fn now_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A process's I/O context. Counterpart of `struct io_context`.
@@ -150,6 +176,8 @@ pub struct IoContext {
     pid: i32,
     ioprio: AtomicU16,
     nr_tasks: AtomicUsize,
+    /// When the priority was last read from the kernel (`now_ms()`).
+    refreshed_ms: AtomicU64,
 }
 
 impl IoContext {
@@ -158,7 +186,8 @@ impl IoContext {
         Arc::new(IoContext {
             pid,
             ioprio: AtomicU16::new(ioprio.to_raw()),
-            nr_tasks: AtomicUsize::new(1),
+            nr_tasks: AtomicUsize::new(0),
+            refreshed_ms: AtomicU64::new(now_ms()),
         })
     }
 
@@ -174,13 +203,32 @@ impl IoContext {
 
     /// The calling process's context, shared by all its threads.
     pub fn current() -> Arc<IoContext> {
-        CURRENT_IOC.with(Arc::clone)
+        CURRENT_IOC.with(|t| Arc::clone(&t.0))
     }
 
     /// The calling process's priority (`get_current_ioprio()`), without
-    /// taking a reference.
+    /// taking a reference. Re-read from the kernel at most once a second, so
+    /// an `ionice -p` on a running process takes effect.
     pub fn current_ioprio() -> IoPrio {
-        CURRENT_IOC.with(|ioc| ioc.ioprio())
+        CURRENT_IOC.with(|t| {
+            let ioc = &t.0;
+            let last = ioc.refreshed_ms.load(Ordering::Relaxed);
+            let now = now_ms();
+            if now.saturating_sub(last) >= REFRESH_MS
+                && ioc
+                    .refreshed_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                if let Err(e) = ioc.refresh() {
+                    log::debug!(
+                        "io_context of pid {}: can't re-read the priority: {e}",
+                        ioc.pid
+                    );
+                }
+            }
+            ioc.ioprio()
+        })
     }
 
     /// The process this context belongs to.
@@ -199,10 +247,12 @@ impl IoContext {
     /// Re-read the priority from the kernel (after an `ionice -p`).
     pub fn refresh(&self) -> io::Result<()> {
         self.set_ioprio(task_ioprio(self.pid)?);
+        self.refreshed_ms.store(now_ms(), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Number of tasks sharing this context (`ioc->nr_tasks`).
+    /// Number of threads of this process attached to the context through
+    /// [`IoContext::current`] and still alive (`ioc->nr_tasks`).
     pub fn nr_tasks(&self) -> usize {
         self.nr_tasks.load(Ordering::Relaxed)
     }
@@ -221,13 +271,21 @@ impl fmt::Debug for IoContext {
 }
 
 /// The priority the kernel reports for a task, with `IOPRIO_CLASS_NONE`
-/// resolved through its nice value.
+/// resolved as the kernel does (`task_nice_ioclass()` and
+/// `task_nice_ioprio()`): SCHED_IDLE tasks are idle, real-time tasks RT,
+/// others best effort, at the level their nice value implies.
 fn task_ioprio(pid: i32) -> io::Result<IoPrio> {
     let raw = sys::ioprio_get_process(pid)?;
-    match IoPrio::from_raw(raw) {
-        Some(p) if p.class() != IoPrioClass::None => Ok(p),
-        _ => Ok(IoPrio::from_nice(sys::nice_of(pid)?)),
+    if let Some(p) = IoPrio::from_raw(raw).filter(|p| p.class() != IoPrioClass::None) {
+        return Ok(p);
     }
+    let level = IoPrio::from_nice(sys::nice_of(pid)?).level();
+    let class = match sys::sched_policy(pid)? {
+        libc::SCHED_IDLE => IoPrioClass::Idle,
+        libc::SCHED_FIFO | libc::SCHED_RR => IoPrioClass::RealTime,
+        _ => IoPrioClass::BestEffort,
+    };
+    Ok(IoPrio { class, level })
 }
 
 /// The contexts of the processes seen so far, one per thread group, kept
@@ -256,7 +314,6 @@ impl IocRegistry {
     pub fn get_or_create(&self, tgid: i32) -> Arc<IoContext> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ioc) = map.get(&tgid).and_then(Weak::upgrade) {
-            ioc.nr_tasks.fetch_add(1, Ordering::Relaxed);
             return ioc;
         }
         let ioc = IoContext::for_pid(tgid)
@@ -327,13 +384,60 @@ mod tests {
         done_tx.send(()).unwrap();
         t.join().unwrap();
         assert!(Arc::ptr_eq(&a, &b), "a thread's context is its process's");
-        assert_eq!(b.nr_tasks(), 2);
+        let old = Arc::downgrade(&a);
         drop((a, b));
+        assert!(
+            old.upgrade().is_none(),
+            "the context was freed with its last user"
+        );
         let c = reg.get_or_create(me);
         assert_eq!(
-            c.nr_tasks(),
+            Arc::strong_count(&c),
             1,
-            "the old context was freed with its last user"
+            "a new one is made on the next lookup"
+        );
+    }
+
+    #[test]
+    fn nr_tasks_counts_attached_threads_while_they_live() {
+        let ioc = IoContext::current();
+        let before = ioc.nr_tasks();
+        assert!(before >= 1, "this thread is attached");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let mine = IoContext::current();
+            tx.send(Arc::as_ptr(&mine) as usize).unwrap();
+            go_rx.recv().ok();
+        });
+        assert_eq!(
+            rx.recv().unwrap(),
+            Arc::as_ptr(&ioc) as usize,
+            "shared by the threads"
+        );
+        assert!(ioc.nr_tasks() > before);
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(
+            ioc.nr_tasks() <= before,
+            "a thread that exits is no longer counted"
+        );
+    }
+
+    #[test]
+    fn no_class_follows_the_scheduling_policy() {
+        let mut child = std::process::Command::new("chrt")
+            .args(["-i", "0", "sleep", "5"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let ioc = IoContext::for_pid(child.id() as i32).unwrap();
+        child.kill().ok();
+        child.wait().ok();
+        assert_eq!(
+            ioc.ioprio().class(),
+            IoPrioClass::Idle,
+            "a SCHED_IDLE task is idle"
         );
     }
 

@@ -43,7 +43,13 @@ impl Request {
             end_addr,
             op: bio.op,
             flags: bio.flags,
-            class: bio.ioprio.sched_class(),
+            // Flushes bypass the classes (as blk-flush bypasses the
+            // elevator): an idle process's fsync must not wait behind BE I/O.
+            class: if bio.op == ReqOp::Flush {
+                SchedClass::Rt
+            } else {
+                bio.ioprio.sched_class()
+            },
             sector: bio.sector,
             nr_sectors: bio.sectors(),
             nr_segs: bio.nr_segs,
@@ -86,7 +92,7 @@ pub(crate) enum MergeKind {
 pub(crate) fn rq_merge_ok(rq: &Request, bio: &Bio) -> bool {
     rq.op == bio.op
         && rq.op.has_data()
-        && rq.flags == bio.flags
+        && rq.flags.without(ReqFlags::SYNC) == bio.flags.without(ReqFlags::SYNC)
         && !bio.flags.intersects(ReqFlags::NOMERGE_FLAGS)
         && rq.class == bio.ioprio.sched_class()
 }

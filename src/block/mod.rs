@@ -14,12 +14,15 @@ pub mod merge;
 pub mod page;
 pub mod plug;
 pub mod queue;
+mod range_lock;
 pub mod sched;
 pub mod split;
 pub mod stats;
 pub mod types;
 
-pub use bio::{bio_chain, bio_endio, bio_io_error, Bio, BioVec, SharedEndIo, BIO_MAX_VECS};
+pub use bio::{
+    bio_chain, bio_endio, bio_io_error, Bio, BioVec, ChainError, SharedEndIo, BIO_MAX_VECS,
+};
 pub use bioset::{BioSet, Gfp};
 pub use builder::BioBuilder;
 pub use integrity::{Checksum, IntegrityProfile, IntegrityStore};

@@ -103,6 +103,21 @@ impl Page {
         self.0.as_slice()
     }
 
+    /// `len` bytes at `offset`, made from the page's address so that no
+    /// reference to the rest of the page is created (another piece of a
+    /// split read may be filling it). An out-of-range request yields an
+    /// empty slice.
+    pub fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        if offset.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
+            return &[];
+        }
+        // SAFETY: the range lies inside the allocation (checked above) and
+        // the bytes are initialised. Only these bytes are borrowed; under
+        // the in-flight rule of the module docs nobody writes them while a
+        // shared reference to them can exist.
+        unsafe { std::slice::from_raw_parts(self.0.ptr.as_ptr().add(offset), len) }
+    }
+
     /// The page's bytes for writing, if this is the only reference to it.
     pub fn get_mut(&mut self) -> Option<&mut [u8]> {
         Arc::get_mut(&mut self.0).map(PageBuf::as_mut_slice)

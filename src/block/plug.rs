@@ -16,9 +16,11 @@ use std::sync::Arc;
 use super::bio::Bio;
 use super::merge::{MergeOutcome, Request, RequestList};
 use super::queue::QueueInner;
+use super::types::ReqFlags;
 
-/// A plug list holding this many requests is flushed (`BLK_MAX_REQUEST_COUNT`).
-pub const PLUG_MAX_REQUESTS: usize = 16;
+/// A plug list holding this many requests is flushed before a new one is
+/// added (`BLK_MAX_REQUEST_COUNT`).
+pub const PLUG_MAX_REQUESTS: usize = 32;
 
 #[derive(Default)]
 struct PlugState {
@@ -103,9 +105,15 @@ pub(crate) fn plug_bio(q: &Arc<QueueInner>, bio: Bio) -> Option<Bio> {
                 st.lists.len() - 1
             }
         };
-        let (merged, full) = st.lists[pos].1.add(bio, &q.limits, PLUG_MAX_REQUESTS);
+        let sync = bio.flags.contains(ReqFlags::SYNC);
+        let list = &mut st.lists[pos].1;
+        let (merged, mut full) = list.add(bio, &q.limits, PLUG_MAX_REQUESTS);
         if let Some(MergeOutcome::Merged { kind, hint_hit }) = merged {
             q.stats.record_merge(kind, hint_hit);
+        }
+        if sync {
+            // Someone waits for it: send it (and what came before) now.
+            full.extend(list.drain());
         }
         full
     });
@@ -115,14 +123,14 @@ pub(crate) fn plug_bio(q: &Arc<QueueInner>, bio: Bio) -> Option<Bio> {
     unplugged
 }
 
-/// Take everything plugged on this thread, leaving the plug active but empty.
+/// Take everything plugged on this thread, leaving the plug active but
+/// empty. The lists are removed too, so a plug never keeps a queue alive.
 fn take_all() -> Vec<(Arc<QueueInner>, Vec<Request>)> {
     PLUG.with(|p| match p.try_borrow_mut() {
-        Ok(mut st) => st
-            .lists
-            .iter_mut()
+        Ok(mut st) => std::mem::take(&mut st.lists)
+            .into_iter()
             .filter(|(_, l)| !l.is_empty())
-            .map(|(q, l)| (Arc::clone(q), l.drain()))
+            .map(|(q, mut l)| (q, l.drain()))
             .collect(),
         Err(_) => Vec::new(),
     })

@@ -28,6 +28,7 @@ use super::ioc::{IoContext, IoPrioClass};
 use super::limits::{LimitsError, QueueLimits};
 use super::merge::{MergeOutcome, Request};
 use super::plug;
+use super::range_lock::RangeLocks;
 use super::sched::{Scheduler, DEFAULT_EXPIRE};
 use super::split::{bio_segments, bio_split, max_range_sectors, range_split, split_point, SplitAt};
 use super::stats::{QueueStats, StatsSnapshot};
@@ -42,6 +43,7 @@ pub struct QueueConfig {
     pub nr_verify_workers: usize,
     /// Most requests dispatched and not yet done; the rest wait in the
     /// scheduler where they can still merge and be ordered by priority.
+    /// More than `nr_workers` only makes requests wait in the channel.
     pub queue_depth: usize,
     /// Limits; `None` takes the defaults for the backend.
     pub limits: Option<QueueLimits>,
@@ -82,7 +84,7 @@ impl Default for QueueConfig {
         QueueConfig {
             nr_workers: 4,
             nr_verify_workers: 1,
-            queue_depth: 8,
+            queue_depth: 4,
             limits: None,
             expire: DEFAULT_EXPIRE,
             split_pool: 64,
@@ -126,6 +128,8 @@ pub(crate) struct QueueInner {
     split_set: BioSet,
     integrity: Option<IntegrityStore>,
     verify_reads: bool,
+    /// Sector ranges of requests being executed (integrity on only).
+    ranges: RangeLocks,
 }
 
 /// A block device queue.
@@ -185,6 +189,7 @@ impl Queue {
             split_set: BioSet::new("bio_split", config.split_pool.max(2), 1),
             integrity,
             verify_reads,
+            ranges: RangeLocks::default(),
             limits,
         });
         let queue = Queue {
@@ -315,19 +320,22 @@ impl Queue {
         }
     }
 
-    /// Finish all I/O, stop the workers. Bios submitted afterwards fail with
-    /// `BlkStatus::IoErr`. Idempotent.
+    /// Finish all I/O, stop the workers, and close the integrity store
+    /// cleanly. Bios submitted afterwards fail with `BlkStatus::IoErr`.
+    /// Once it has succeeded, further calls do nothing; after a failure
+    /// (the store could not be written) a later call tries again.
     pub fn shutdown(&self) -> io::Result<()> {
-        if self.shut_down.swap(true, Ordering::AcqRel) {
+        if self.shut_down.load(Ordering::Acquire) {
             return Ok(());
         }
         plug::flush_current();
         self.drain();
         self.stop_workers();
-        match &self.inner.integrity {
-            Some(store) => store.shutdown(),
-            None => Ok(()),
+        if let Some(store) = &self.inner.integrity {
+            store.shutdown()?;
         }
+        self.shut_down.store(true, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -366,7 +374,11 @@ impl QueueInner {
                 Ok(None) => break,
                 Ok(Some(mut front)) => {
                     self.stats.bio_split();
-                    bio_chain(&mut front, &mut bio);
+                    // A fresh piece: it can be neither chained nor ended.
+                    if bio_chain(&mut front, &mut bio).is_err() {
+                        bio_io_error(front, BlkStatus::Invalid);
+                        continue;
+                    }
                     self.queue_bio(front);
                 }
                 Err(status) => {
@@ -420,7 +432,7 @@ impl QueueInner {
         match bio.op {
             ReqOp::Flush => Ok(None),
             ReqOp::Discard | ReqOp::WriteZeroes => {
-                let max = max_range_sectors(bio.op, &self.limits);
+                let max = max_range_sectors(bio.op, &self.limits, self.align);
                 Ok((bio.sectors() > max).then(|| range_split(bio, max)))
             }
             ReqOp::Read | ReqOp::Write => match split_point(bio, &self.limits, self.align) {
@@ -502,14 +514,14 @@ impl QueueInner {
                 let waited = rq
                     .queued_at
                     .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-                self.stats
-                    .dispatched(rq.op, rq.flags, rq.class, rq.bytes(), waited);
+                let (op, flags, class, bytes) = (rq.op, rq.flags, rq.class, rq.bytes());
                 let sent = match &st.work_tx {
                     Some(tx) => tx.send(rq).map_err(|e| e.into_inner()),
                     None => Err(rq),
                 };
                 match sent {
                     Ok(()) => {
+                        self.stats.dispatched(op, flags, class, bytes, waited);
                         st.inflight += 1;
                         self.outstanding.fetch_add(1, Ordering::AcqRel);
                     }
@@ -530,6 +542,11 @@ impl QueueInner {
             return self.do_io(rq);
         };
         let profile = *store.profile();
+        // Data and tuples of overlapping requests change together.
+        let _range = (rq.op != ReqOp::Flush).then(|| {
+            self.ranges
+                .lock(rq.sector.0, rq.end_sector(), rq.op != ReqOp::Read)
+        });
         match rq.op {
             ReqOp::Read => {
                 self.do_io(rq)?;
@@ -728,6 +745,7 @@ fn verify_loop(q: &Arc<QueueInner>, rx: &Receiver<Request>) {
                 );
                 bio.status = BlkStatus::Protection;
                 bio.error_sector = Some(sector);
+                q.stats.error();
             }
             bio.integrity = None;
         }

@@ -108,6 +108,7 @@ pub(crate) fn bio_split(bio: &mut Bio, bytes: u32, mut front: Bio) -> Bio {
     if let Some(integrity) = bio.integrity.as_mut() {
         front.integrity = Some(Box::new(integrity.split_front(bytes)));
     }
+    bio.mark_submitted();
     bio.advance(bytes);
     front
 }
@@ -116,16 +117,19 @@ pub(crate) fn bio_split(bio: &mut Bio, bytes: u32, mut front: Bio) -> Bio {
 pub(crate) fn range_split(bio: &mut Bio, sectors: u32) -> Bio {
     let mut front = bio.clone_header(Vec::new(), 1);
     front.size = sectors << SECTOR_SHIFT;
+    bio.mark_submitted();
     bio.advance(sectors << SECTOR_SHIFT);
     front
 }
 
-/// Largest range-op piece, in sectors, for this op.
-pub(crate) fn max_range_sectors(op: ReqOp, lim: &QueueLimits) -> u32 {
+/// Largest range-op piece, in sectors, for this op: its limit rounded down
+/// to `align_bytes` (the logical block or the integrity interval, whichever
+/// is larger), and never less than one such unit.
+pub(crate) fn max_range_sectors(op: ReqOp, lim: &QueueLimits, align_bytes: u32) -> u32 {
     let max = match op {
         ReqOp::Discard => lim.max_discard_sectors,
         _ => lim.max_write_zeroes_sectors,
     };
-    let align = lim.logical_block_size >> SECTOR_SHIFT;
-    (max - max % align.max(1)).max(align)
+    let align = (align_bytes >> SECTOR_SHIFT).max(1);
+    (max - max % align).max(align)
 }

@@ -77,7 +77,8 @@ impl ReqFlags {
     pub const FUA: ReqFlags = ReqFlags(1 << 0);
     /// Flush the device's volatile cache before this bio's data is written.
     pub const PREFLUSH: ReqFlags = ReqFlags(1 << 1);
-    /// Someone waits for this bio: a hint to dispatch it promptly.
+    /// Someone waits for this bio: it is not held back in a plug (the
+    /// thread's plugged requests are sent with it). Doesn't prevent merging.
     pub const SYNC: ReqFlags = ReqFlags(1 << 2);
     /// Never merge this bio with another.
     pub const NOMERGE: ReqFlags = ReqFlags(1 << 3);
@@ -95,6 +96,11 @@ impl ReqFlags {
 
     pub fn bits(self) -> u8 {
         self.0
+    }
+
+    /// These flags with `other`'s cleared.
+    pub fn without(self, other: ReqFlags) -> ReqFlags {
+        ReqFlags(self.0 & !other.0)
     }
 }
 

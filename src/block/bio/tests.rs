@@ -96,7 +96,7 @@ fn parent_completes_after_all_children_with_first_error() {
         .map(|i| Bio::new(ReqOp::Write, Sector(i), 1))
         .collect();
     for c in &mut children {
-        bio_chain(c, &mut parent);
+        bio_chain(c, &mut parent).unwrap();
     }
     // The parent's own I/O finishes first: nothing may run yet.
     bio_endio(parent);
@@ -123,7 +123,7 @@ fn parent_io_finishing_last_also_completes_once() {
     let mut parent = Bio::new(ReqOp::Read, Sector(0), 1);
     counter_end_io(&mut parent, &log);
     let mut child = Bio::new(ReqOp::Read, Sector(8), 1);
-    bio_chain(&mut child, &mut parent);
+    bio_chain(&mut child, &mut parent).unwrap();
     bio_endio(child);
     assert!(log.lock().unwrap().is_empty());
     parent.set_status(BlkStatus::IoErr, None);
@@ -145,7 +145,7 @@ fn deep_chains_complete_without_recursion() {
     for i in 1..200_000u64 {
         let mut child = Bio::new(ReqOp::Write, Sector(i), 1);
         let parent = chain.last_mut().unwrap();
-        bio_chain(&mut child, parent);
+        bio_chain(&mut child, parent).unwrap();
         chain.push(child);
     }
     // End every parent first (they park), then the deepest child with an
@@ -173,7 +173,7 @@ fn chaining_from_many_threads_completes_once() {
         let mut kids = Vec::new();
         for i in 0..8 {
             let mut c = Bio::new(ReqOp::Write, Sector(i), 1);
-            bio_chain(&mut c, &mut parent);
+            bio_chain(&mut c, &mut parent).unwrap();
             kids.push(c);
         }
         let handles: Vec<_> = kids
@@ -195,4 +195,25 @@ fn bio_stays_small() {
     let size = std::mem::size_of::<Bio>();
     println!("size_of::<Bio>() = {size}");
     assert!(size <= 160, "Bio grew to {size} bytes");
+}
+
+#[test]
+fn regression_chaining_an_already_chained_bio_is_refused() {
+    let mut p1 = Bio::new(ReqOp::Write, Sector(0), 1);
+    let mut p2 = Bio::new(ReqOp::Write, Sector(0), 1);
+    let mut child = Bio::new(ReqOp::Write, Sector(8), 1);
+    bio_chain(&mut child, &mut p1).unwrap();
+    assert_eq!(
+        bio_chain(&mut child, &mut p2),
+        Err(ChainError::AlreadyChained)
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    counter_end_io(&mut p1, &log);
+    bio_endio(p1);
+    bio_endio(child);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![BlkStatus::Ok],
+        "the first parent still completes"
+    );
 }
