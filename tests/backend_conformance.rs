@@ -13,7 +13,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 
 use biofs::block::backend::{
@@ -202,23 +202,6 @@ fn logwrites(size: u64) -> Option<Dev> {
     )))))
 }
 
-/// Detaches a loop device when dropped, whatever the test did.
-struct LoopGuard {
-    dev: PathBuf,
-}
-
-impl Drop for LoopGuard {
-    fn drop(&mut self) {
-        let out = Command::new("losetup").arg("-d").arg(&self.dev).output();
-        if !matches!(out, Ok(ref o) if o.status.success()) {
-            eprintln!("warning: could not detach {}: {out:?}", self.dev.display());
-        }
-    }
-}
-
-/// Loop devices are set up one at a time.
-static LOOP_LOCK: Mutex<()> = Mutex::new(());
-
 /// A loop device with `--direct-io=on` over a temp image, opened O_DIRECT.
 /// Skips (prints why, returns `None`) when not root or losetup fails.
 fn loopdev(size: u64) -> Option<Dev> {
@@ -226,30 +209,7 @@ fn loopdev(size: u64) -> Option<Dev> {
         println!("skipped: loop devices need root");
         return None;
     }
-    let lock = LOOP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let image = tmp.path().join("loop.img");
-    FileBackend::create(&image, size).expect("create image");
-    let out = Command::new("losetup")
-        .args(["--find", "--show", "--direct-io=on"])
-        .arg(&image)
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            println!(
-                "skipped: losetup failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return None;
-        }
-        Err(e) => {
-            println!("skipped: losetup unavailable: {e}");
-            return None;
-        }
-    };
-    let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let guard = LoopGuard { dev: dev.clone() };
+    let (dev, guard) = common::loop_device(size)?;
     let opts = FileOptions {
         direct: DirectMode::Require,
         read_only: false,
@@ -268,7 +228,7 @@ fn loopdev(size: u64) -> Option<Dev> {
         discard_zeroes: false,
         discard_unsupported_ok: true,
         expect_direct: Some(true),
-        _guard: Box::new((guard, tmp, lock)),
+        _guard: Box::new(guard),
     })
 }
 

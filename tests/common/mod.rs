@@ -103,6 +103,72 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
+/// A loop device over a fresh sparse image, with the image and the device
+/// removed when the guard drops (whatever the test did).
+pub struct LoopDevice {
+    dev: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .output();
+        if !matches!(out, Ok(ref o) if o.status.success()) {
+            eprintln!("warning: could not detach {}: {out:?}", self.dev.display());
+        }
+    }
+}
+
+/// Loop devices are set up one at a time.
+static LOOP_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Attach a loop device (`--direct-io=on`) over a new image of `size`
+/// bytes. Skips (prints why, returns `None`) when not root or losetup fails.
+pub fn loop_device(size: u64) -> Option<(std::path::PathBuf, LoopDevice)> {
+    if !matches!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("procfs")),
+        0
+    ) {
+        println!("skipped: loop devices need root");
+        return None;
+    }
+    let lock = LOOP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let image = dir.path().join("loop.img");
+    biofs::block::backend::FileBackend::create(&image, size).expect("create image");
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--direct-io=on"])
+        .arg(&image)
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            println!(
+                "skipped: losetup failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("skipped: losetup unavailable: {e}");
+            return None;
+        }
+    };
+    let dev = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Some((
+        dev.clone(),
+        LoopDevice {
+            dev,
+            _dir: dir,
+            _lock: lock,
+        },
+    ))
+}
+
 mod engine;
 #[allow(unused_imports)] // only the engine tests use these
 pub use engine::*;
