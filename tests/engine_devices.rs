@@ -10,7 +10,7 @@ use biofs::block::{
     Bio, BlkStatus, Checksum, IntegrityMode, IntegrityProfile, IntegrityStore, Plug, Queue,
     QueueConfig, ReqOp, Sector, PAGE_SIZE,
 };
-use common::{pattern_page, read_pages, write_pages};
+use common::{pattern_page, read_pages};
 
 /// Format, write through a plug, flush, read back verified, discard,
 /// reopen and read again; then flip a data bit behind the engine's back and
