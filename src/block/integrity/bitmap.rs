@@ -30,11 +30,16 @@ use crate::block::backend::BlockBackend;
 use crate::block::page::Page;
 
 /// How many regions past a write's last one are also marked dirty when the
-/// write looks sequential (the region before it is already dirty). Saves one
-/// bitmap write + flush per region on a streaming writer; costs at most this
-/// many extra regions to recompute after a crash. Untouched lookahead bits
-/// are cleared by the next flush.
+/// write looks sequential (the region before it is already dirty), at least.
+/// The lookahead grows with the run of dirty regions behind the write, up to
+/// [`MAX_LOOKAHEAD_REGIONS`], so a streaming writer commits the bitmap a
+/// logarithmic number of times instead of once per region. It costs at most
+/// that many extra regions to recompute after a crash. Untouched lookahead
+/// bits are cleared by the next flushes.
 pub const LOOKAHEAD_REGIONS: u64 = 4;
+
+/// The largest lookahead (128 MiB of data at 4 KiB intervals).
+pub const MAX_LOOKAHEAD_REGIONS: u64 = 64;
 
 /// A plain bit set over regions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -189,7 +194,11 @@ impl DirtyLog {
                 wait_for = wait_for.max(seq);
             }
             if newly_set && r0 > 0 && st.bits.test(r0 - 1) {
-                let last = (r1 + LOOKAHEAD_REGIONS).min(self.layout.regions() - 1);
+                let run = (1..=MAX_LOOKAHEAD_REGIONS)
+                    .take_while(|&k| r0 >= k && st.bits.test(r0 - k))
+                    .count() as u64;
+                let ahead = run.clamp(LOOKAHEAD_REGIONS, MAX_LOOKAHEAD_REGIONS);
+                let last = (r1 + ahead).min(self.layout.regions() - 1);
                 for r in r1 + 1..=last {
                     Self::set_bit(&mut st, r);
                 }

@@ -582,3 +582,45 @@ fn concurrent_writers_loads_and_flushes_with_evictions() {
     let store = IntegrityStore::open(dev.clone(), 1 << 20).unwrap();
     assert!(bad_intervals(&store, &*dev, 0, 4096).is_empty());
 }
+
+#[test]
+fn lookahead_grows_with_a_sequential_stream_and_stays_bounded() {
+    use crate::block::integrity::bitmap::MAX_LOOKAHEAD_REGIONS as MAX;
+    let (dev, store) = fresh(256 * MIB, p512(), 4 << 20);
+    let l = *store.layout();
+    let regions = 600u64.min(l.regions() - MAX - 1);
+    let before = dev.io();
+    let mut commits = 0;
+    for r in 0..regions {
+        let io = dev.io();
+        store.begin_write(r * 512, 512).unwrap();
+        store.end_write(r * 512, 512, None);
+        if dev.io() != io {
+            commits += 1;
+        }
+        // Read just the bitmap byte holding the bit past the bound.
+        let beyond = r + MAX + 1;
+        let block = (l.bitmap_start + beyond / 8) / 4096 * 4096;
+        let page = Page::new();
+        let mut buf = page.as_slice().to_vec();
+        dev.mem
+            .read_at(&mut [std::io::IoSliceMut::new(&mut buf)], block)
+            .unwrap();
+        let byte = buf[((l.bitmap_start + beyond / 8) - block) as usize];
+        assert_eq!(
+            byte & (1 << (beyond % 8)),
+            0,
+            "region {r}: lookahead beyond {MAX}"
+        );
+    }
+    assert!(dev.io() > before);
+    // 4, 8, 16, 32, 64, then every 64: about regions / 64 + 6 commits, not one per region.
+    assert!(
+        commits <= regions / MAX + 8,
+        "{commits} bitmap commits for {regions} regions"
+    );
+    assert!(
+        commits >= 5,
+        "the lookahead is bounded, so a long stream keeps committing"
+    );
+}
