@@ -503,36 +503,53 @@ impl QueueInner {
     /// Dispatch waiting requests while the device has room
     /// (`blk_mq_run_hw_queue()`).
     fn run_queue(&self) {
+        let failed = self.run_queue_locked(&mut self.lock());
+        self.fail_requests(failed);
+    }
+
+    /// Dispatch into the channel while slots are free. Returns the requests
+    /// that could not be sent (the workers are gone): the caller fails them
+    /// with [`QueueInner::fail_requests`] once the lock is dropped.
+    fn run_queue_locked(&self, st: &mut QueueState) -> Vec<Request> {
         let mut failed = Vec::new();
-        {
-            let mut st = self.lock();
-            while st.inflight < self.depth {
-                let now = Instant::now();
-                let Some(rq) = st.sched.dispatch(now) else {
-                    break;
-                };
-                let waited = rq
-                    .queued_at
-                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-                let (op, flags, class, bytes) = (rq.op, rq.flags, rq.class, rq.bytes());
-                let sent = match &st.work_tx {
-                    Some(tx) => tx.send(rq).map_err(|e| e.into_inner()),
-                    None => Err(rq),
-                };
-                match sent {
-                    Ok(()) => {
-                        self.stats.dispatched(op, flags, class, bytes, waited);
-                        st.inflight += 1;
-                        self.outstanding.fetch_add(1, Ordering::AcqRel);
-                    }
-                    Err(rq) => failed.push(rq),
-                }
+        while st.inflight < self.depth {
+            let Some(rq) = self.take_request(st) else {
+                break;
+            };
+            let sent = match &st.work_tx {
+                Some(tx) => tx.send(rq).map_err(|e| e.into_inner()),
+                None => Err(rq),
+            };
+            if let Err(rq) = sent {
+                st.inflight -= 1;
+                failed.push(rq);
             }
         }
+        failed
+    }
+
+    fn fail_requests(&self, failed: Vec<Request>) {
         for rq in failed {
-            self.outstanding.fetch_add(1, Ordering::AcqRel);
             self.end_request(rq, BlkStatus::IoErr, false);
         }
+    }
+
+    /// Take the next request off the scheduler into a dispatch slot
+    /// (`__blk_mq_do_dispatch_sched()`): the caller sends or executes it.
+    fn take_request(&self, st: &mut QueueState) -> Option<Request> {
+        if st.inflight >= self.depth {
+            return None;
+        }
+        let now = Instant::now();
+        let rq = st.sched.dispatch(now)?;
+        let waited = rq
+            .queued_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.stats
+            .dispatched(rq.op, rq.flags, rq.class, rq.bytes(), waited);
+        st.inflight += 1;
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        Some(rq)
     }
 
     /// Do one request's I/O on the backend, with the integrity store's
@@ -668,13 +685,23 @@ impl QueueInner {
         }
     }
 
-    /// The worker is done with a request's I/O: free its slot, dispatch more.
-    fn io_done(&self) {
-        {
+    /// The worker is done with a request: free its slot and take the next
+    /// waiting request for itself, if any (running the queue from the
+    /// completion context, as blk-mq does, saves waking another worker).
+    /// Other free slots are filled through the channel.
+    fn io_done(&self) -> Option<Request> {
+        let (mine, failed) = {
             let mut st = self.lock();
             st.inflight = st.inflight.saturating_sub(1);
-        }
-        self.run_queue();
+            let mine = if st.work_tx.is_some() {
+                self.take_request(&mut st)
+            } else {
+                None
+            };
+            (mine, self.run_queue_locked(&mut st))
+        };
+        self.fail_requests(failed);
+        mine
     }
 
     /// Complete every bio of a request with `status` (unless a bio already
@@ -699,28 +726,44 @@ impl QueueInner {
 
 /// A queue worker: take requests, do the I/O, complete or hand to verify.
 fn worker_loop(q: &Arc<QueueInner>, rx: &Receiver<Request>, verify_tx: &Sender<Request>) {
-    for mut rq in rx {
-        let result = q.execute(&mut rq);
-        q.io_done();
-        match result {
-            Ok(()) if rq.op == ReqOp::Read && q.verify_reads => {
-                if let Err(e) = verify_tx.send(rq) {
-                    // No verify worker left: never hand back unverified data.
-                    q.end_request(e.into_inner(), BlkStatus::IoErr, false);
-                }
+    for rq in rx {
+        let mut next = Some(rq);
+        while let Some(mut rq) = next.take() {
+            let result = q.execute(&mut rq);
+            // Complete first, while this worker still holds the slot: a
+            // completion that submits more I/O leaves it in the scheduler,
+            // where `io_done` hands it straight back to this worker.
+            finish_request(q, rq, result, verify_tx);
+            next = q.io_done();
+        }
+    }
+}
+
+/// Hand a request whose I/O is done to the verify worker, or complete it.
+fn finish_request(
+    q: &QueueInner,
+    rq: Request,
+    result: io::Result<()>,
+    verify_tx: &Sender<Request>,
+) {
+    match result {
+        Ok(()) if rq.op == ReqOp::Read && q.verify_reads => {
+            if let Err(e) = verify_tx.send(rq) {
+                // No verify worker left: never hand back unverified data.
+                q.end_request(e.into_inner(), BlkStatus::IoErr, false);
             }
-            Ok(()) => q.end_request(rq, BlkStatus::Ok, false),
-            Err(e) => {
-                log::warn!(
-                    "{:?} of {} sectors at {} failed on the {} device: {e}",
-                    rq.op,
-                    rq.nr_sectors,
-                    rq.sector,
-                    q.backend.info().kind
-                );
-                let status = BlkStatus::from_io_error(&e);
-                q.end_request(rq, status, true);
-            }
+        }
+        Ok(()) => q.end_request(rq, BlkStatus::Ok, false),
+        Err(e) => {
+            log::warn!(
+                "{:?} of {} sectors at {} failed on the {} device: {e}",
+                rq.op,
+                rq.nr_sectors,
+                rq.sector,
+                q.backend.info().kind
+            );
+            let status = BlkStatus::from_io_error(&e);
+            q.end_request(rq, status, true);
         }
     }
 }
