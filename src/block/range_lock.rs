@@ -8,6 +8,7 @@
 //! they execute: writes exclusively, reads shared. A worker holds at most
 //! one range at a time, so waiting cannot deadlock.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,9 @@ struct Held {
 pub(crate) struct RangeLocks {
     held: Mutex<Vec<Held>>,
     released: Condvar,
+    /// Threads waiting for a range: a release notifies only when some do
+    /// (a condvar notify is a syscall even with nobody waiting).
+    waiters: AtomicUsize,
 }
 
 /// A held range, released when dropped.
@@ -43,7 +47,9 @@ impl RangeLocks {
             .iter()
             .any(|h| h.start < end && start < h.end && (h.exclusive || exclusive))
         {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
             held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
         }
         held.push(range);
         RangeGuard { locks: self, range }
@@ -56,15 +62,19 @@ impl Drop for RangeGuard<'_> {
         if let Some(pos) = held.iter().position(|h| *h == self.range) {
             held.swap_remove(pos);
         }
+        // Waiters register under `held`'s lock, which we still hold: none
+        // can be missed.
+        if self.locks.waiters.load(Ordering::SeqCst) > 0 {
+            self.locks.released.notify_all();
+        }
         drop(held);
-        self.locks.released.notify_all();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     use std::time::Duration;
 
