@@ -613,9 +613,14 @@ fn rand_read(args: &Args) -> BenchResult<Vec<Figure>> {
         unit: "IOPS",
         value: done as f64 / elapsed.as_secs_f64(),
         note: format!(
-            "{done} reads in {:.1} s, {RAND_DEPTH} in flight, {} workers, verified",
+            "{done} reads in {:.1} s, {RAND_DEPTH} in flight, {} workers, {}",
             elapsed.as_secs_f64(),
-            args.workers
+            args.workers,
+            if args.integrity {
+                "verified"
+            } else {
+                "integrity off"
+            }
         ),
     }])
 }
