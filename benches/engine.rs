@@ -43,6 +43,7 @@ usage: cargo bench --bench engine -- [OPTIONS]
                      randread, mem_bios (seqread and randread need seqwrite's
                      data, so the image is always written first)
   --workers N        queue workers (and queue depth) for randread (default 12)
+  --verify-workers N verify workers for the file cases (default 1)
   --seq-workers N    queue workers for seqwrite and seqread (default 4; the
                      queue depth is twice this)
   --integrity on|off crc32c tuples on the file cases (default on; off is a
@@ -78,6 +79,7 @@ struct Args {
     only: Option<Vec<String>>,
     workers: usize,
     seq_workers: usize,
+    verify_workers: usize,
     integrity: bool,
     seconds: f64,
     inflight: u64,
@@ -117,6 +119,7 @@ fn parse_args() -> BenchResult<Option<Args>> {
         only: None,
         workers: RAND_WORKERS,
         seq_workers: 4,
+        verify_workers: 1,
         integrity: true,
         seconds: 10.0,
         inflight: 128 << 20,
@@ -145,6 +148,12 @@ fn parse_args() -> BenchResult<Option<Args>> {
                 args.seq_workers = v
                     .parse()
                     .map_err(|_| format!("--seq-workers: bad count '{v}'"))?;
+            }
+            "--verify-workers" => {
+                let v = value("--verify-workers")?;
+                args.verify_workers = v
+                    .parse()
+                    .map_err(|_| format!("--verify-workers: bad count '{v}'"))?;
             }
             "--integrity" => {
                 args.integrity = match value("--integrity")?.as_str() {
@@ -370,6 +379,7 @@ fn seq_config(args: &Args) -> QueueConfig {
     QueueConfig {
         nr_workers: args.seq_workers,
         queue_depth: args.seq_workers * 2,
+        nr_verify_workers: args.verify_workers,
         integrity: if args.integrity {
             IntegrityMode::on()
         } else {
