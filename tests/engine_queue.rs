@@ -8,21 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use biofs::block::backend::BlockBackend;
 use biofs::block::{
-    bio_chain, Bio, BioSet, BlkStatus, Gfp, Page, Plug, Queue, QueueConfig, QueueLimits, ReqFlags,
-    ReqOp, Sector, PAGE_SIZE,
+    bio_chain, Bio, BioSet, BlkStatus, Gfp, Page, Plug, QueueLimits, ReqFlags, ReqOp, Sector,
+    PAGE_SIZE,
 };
-use common::{pattern_page, read_pages, write_pages, CheckedBackend, Op};
-
-fn queue(dev: &Arc<CheckedBackend>, limits: Option<QueueLimits>) -> Queue {
-    if let Some(l) = &limits {
-        dev.set_limits(l.clone());
-    }
-    let config = QueueConfig {
-        limits,
-        ..QueueConfig::default()
-    };
-    Queue::new(Arc::clone(dev) as Arc<dyn BlockBackend>, config).unwrap()
-}
+use common::{checked_queue as queue, pattern_page, read_pages, write_pages, CheckedBackend, Op};
 
 #[test]
 fn write_then_read_round_trips() {

@@ -96,14 +96,7 @@ fn a_bio_that_cannot_be_split_to_the_limits_fails_invalid() {
     let mut lim = QueueLimits::for_backend(&dev.info());
     lim.logical_block_size = 4096;
     lim.max_segments = 1;
-    let q = Queue::new(
-        Arc::clone(&dev) as Arc<dyn BlockBackend>,
-        QueueConfig {
-            limits: Some(lim),
-            ..QueueConfig::default()
-        },
-    )
-    .unwrap();
+    let q = common::checked_queue(&dev, Some(lim));
     let mut bio = Bio::new(ReqOp::Write, Sector(0), 8);
     for _ in 0..8 {
         bio.add_page(Page::new(), 512, 0);
@@ -120,14 +113,7 @@ fn splits_are_counted() {
     let dev = CheckedBackend::new(4 << 20);
     let mut lim = QueueLimits::for_backend(&dev.info());
     lim.max_sectors = 16;
-    let q = Queue::new(
-        Arc::clone(&dev) as Arc<dyn BlockBackend>,
-        QueueConfig {
-            limits: Some(lim),
-            ..QueueConfig::default()
-        },
-    )
-    .unwrap();
+    let q = common::checked_queue(&dev, Some(lim));
     let mut bio = Bio::new(ReqOp::Write, Sector(0), 8);
     for _ in 0..8 {
         bio.add_page(Page::new(), 4096, 0);

@@ -223,3 +223,16 @@ pub fn read_pages(q: &Queue, sector: u64, n: usize) -> (Bio, Vec<u8>) {
     let data = bio.copy_data();
     (bio, data)
 }
+
+/// A queue over `dev`, which checks every request against `limits` (the
+/// backend's defaults when `None`).
+pub fn checked_queue(dev: &Arc<CheckedBackend>, limits: Option<QueueLimits>) -> Queue {
+    if let Some(l) = &limits {
+        dev.set_limits(l.clone());
+    }
+    let config = biofs::block::QueueConfig {
+        limits,
+        ..biofs::block::QueueConfig::default()
+    };
+    Queue::new(Arc::clone(dev) as Arc<dyn BlockBackend>, config).unwrap()
+}
