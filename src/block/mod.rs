@@ -19,6 +19,7 @@ pub mod sched;
 pub mod split;
 pub mod stats;
 pub mod types;
+mod worker;
 
 pub use bio::{
     bio_chain, bio_endio, bio_io_error, Bio, BioVec, ChainError, SharedEndIo, BIO_MAX_VECS,

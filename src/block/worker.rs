@@ -1,0 +1,230 @@
+//! The queue workers: the "driver" side of the queue.
+//!
+//! Counterpart of a driver's `queue_rq` and of `kintegrityd`: queue workers
+//! take requests (from the channel, or straight from the scheduler after
+//! finishing one), do `preadv`/`pwritev2` on the backend with the integrity
+//! store's protocol around the data transfer (docs/integrity.md), and hand
+//! verified reads to a verify worker, which checks the data against its
+//! tuples before the bios complete.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::integrity_payload::{self, interval_range, BioIntegrity};
+use super::merge::Request;
+use super::queue::QueueInner;
+use super::types::{BlkStatus, ReqFlags, ReqOp};
+
+impl QueueInner {
+    /// Do one request's I/O on the backend, with the integrity store's
+    /// protocol around it (docs/integrity.md).
+    pub(crate) fn execute(&self, rq: &mut Request) -> io::Result<()> {
+        let Some(store) = &self.integrity else {
+            return self.do_io(rq);
+        };
+        let profile = *store.profile();
+        // Data and tuples of overlapping requests change together.
+        let _range = (rq.op != ReqOp::Flush).then(|| {
+            self.ranges
+                .lock(rq.sector.0, rq.end_sector(), rq.op != ReqOp::Read)
+        });
+        match rq.op {
+            ReqOp::Read => {
+                self.do_io(rq)?;
+                if self.verify_reads {
+                    // Fill each bio's PI buffer from the store.
+                    for bio in rq.bios.iter_mut() {
+                        let mut payload = BioIntegrity::for_read(&profile, bio);
+                        let (first, _) = interval_range(&profile, bio.sector, u64::from(bio.size));
+                        store.load(first, &mut payload.tuples)?;
+                        bio.integrity = Some(Box::new(payload));
+                    }
+                }
+                Ok(())
+            }
+            ReqOp::Write => {
+                if rq.flags.contains(ReqFlags::PREFLUSH) {
+                    store.flush()?;
+                }
+                let ranges: Vec<(u64, u64)> = rq
+                    .bios
+                    .iter()
+                    .map(|b| interval_range(&profile, b.sector, u64::from(b.size)))
+                    .collect();
+                for (i, &(first, n)) in ranges.iter().enumerate() {
+                    if let Err(e) = store.begin_write(first, n) {
+                        for &(f, n) in &ranges[..i] {
+                            store.end_write(f, n, None);
+                        }
+                        return Err(e);
+                    }
+                }
+                let result = self.do_io(rq);
+                for (bio, &(first, n)) in rq.bios.iter().zip(&ranges) {
+                    let tuples = result
+                        .is_ok()
+                        .then(|| bio.integrity.as_ref().map(|p| p.tuples()))
+                        .flatten();
+                    store.end_write(first, n, tuples);
+                }
+                result?;
+                if rq.flags.contains(ReqFlags::FUA) {
+                    let (first, n) = interval_range(&profile, rq.sector, rq.bytes());
+                    store.persist(first, n)?;
+                }
+                Ok(())
+            }
+            ReqOp::Flush => store.flush(),
+            ReqOp::Discard | ReqOp::WriteZeroes => {
+                let (first, n) = interval_range(&profile, rq.sector, rq.bytes());
+                store.begin_write(first, n)?;
+                let result = self.do_io(rq);
+                let zeroed = rq.op == ReqOp::WriteZeroes || self.backend.info().discard_zeroes;
+                match result {
+                    Ok(()) if zeroed => store.clear(first, n),
+                    Ok(()) => {
+                        // Contents undefined: the region stays dirty and its
+                        // tuples are recomputed at shutdown or recovery.
+                        store.end_write(first, n, None);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        store.end_write(first, n, None);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The data transfer itself.
+    fn do_io(&self, rq: &Request) -> io::Result<()> {
+        let offset = rq.sector.to_bytes();
+        match rq.op {
+            ReqOp::Read => {
+                let mut iov = Vec::with_capacity(rq.nr_segs as usize);
+                for bio in &rq.bios {
+                    for bv in bio.cur_segments() {
+                        let mut off = 0usize;
+                        while off < bv.len as usize {
+                            let n = self
+                                .limits
+                                .segment_len(bv.addr() + off, bv.len as usize - off);
+                            // SAFETY: the queue checked at submission that this read
+                            // bio's pages were referenced only by the bio itself; the
+                            // bio and its split pieces are owned by the engine until
+                            // completion, and the pieces cover disjoint byte ranges,
+                            // so nobody else reads or writes these bytes meanwhile.
+                            let buf =
+                                unsafe { bv.page.slice_mut_in_flight(bv.offset as usize + off, n) };
+                            iov.push(IoSliceMut::new(buf));
+                            off += n;
+                        }
+                    }
+                }
+                self.backend.read_at(&mut iov, offset)
+            }
+            ReqOp::Write => {
+                if rq.flags.contains(ReqFlags::PREFLUSH) && self.integrity.is_none() {
+                    self.backend.flush()?;
+                }
+                let mut iov = Vec::with_capacity(rq.nr_segs as usize);
+                for bio in &rq.bios {
+                    for bv in bio.cur_segments() {
+                        let data = bv.as_slice();
+                        let mut off = 0usize;
+                        while off < data.len() {
+                            let n = self.limits.segment_len(bv.addr() + off, data.len() - off);
+                            iov.push(IoSlice::new(&data[off..off + n]));
+                            off += n;
+                        }
+                    }
+                }
+                self.backend
+                    .write_at(&iov, offset, rq.flags.contains(ReqFlags::FUA))
+            }
+            ReqOp::Flush => self.backend.flush(),
+            ReqOp::Discard => self.backend.discard(offset, rq.bytes()),
+            ReqOp::WriteZeroes => self.backend.write_zeroes(offset, rq.bytes()),
+        }
+    }
+}
+
+/// A queue worker: take requests, do the I/O, complete or hand to verify.
+pub(crate) fn worker_loop(
+    q: &Arc<QueueInner>,
+    rx: &Receiver<Request>,
+    verify_tx: &Sender<Request>,
+) {
+    for rq in rx {
+        let mut next = Some(rq);
+        while let Some(mut rq) = next.take() {
+            let result = q.execute(&mut rq);
+            // Complete first, while this worker still holds the slot: a
+            // completion that submits more I/O leaves it in the scheduler,
+            // where `io_done` hands it straight back to this worker.
+            finish_request(q, rq, result, verify_tx);
+            next = q.io_done();
+        }
+    }
+}
+
+/// Hand a request whose I/O is done to the verify worker, or complete it.
+fn finish_request(
+    q: &QueueInner,
+    rq: Request,
+    result: io::Result<()>,
+    verify_tx: &Sender<Request>,
+) {
+    match result {
+        Ok(()) if rq.op == ReqOp::Read && q.verify_reads => {
+            if let Err(e) = verify_tx.send(rq) {
+                // No verify worker left: never hand back unverified data.
+                q.end_request(e.into_inner(), BlkStatus::IoErr, false);
+            }
+        }
+        Ok(()) => q.end_request(rq, BlkStatus::Ok, false),
+        Err(e) => {
+            log::warn!(
+                "{:?} of {} sectors at {} failed on the {} device: {e}",
+                rq.op,
+                rq.nr_sectors,
+                rq.sector,
+                q.backend.info().kind
+            );
+            let status = BlkStatus::from_io_error(&e);
+            q.end_request(rq, status, true);
+        }
+    }
+}
+
+/// A verify worker (`kintegrityd`): checks read data against its tuples.
+pub(crate) fn verify_loop(q: &Arc<QueueInner>, rx: &Receiver<Request>) {
+    for mut rq in rx {
+        let Some(store) = &q.integrity else {
+            q.end_request(rq, BlkStatus::Ok, false);
+            continue;
+        };
+        let (mut checked, mut failed) = (0, 0);
+        for bio in rq.bios.iter_mut() {
+            let (n, bad) = integrity_payload::verify(store.profile(), bio);
+            checked += n;
+            if let Some(sector) = bad {
+                failed += 1;
+                log::error!(
+                    "integrity: protection error reading {} ({} profile): the data does not match its tuple",
+                    sector,
+                    store.profile().name()
+                );
+                bio.status = BlkStatus::Protection;
+                bio.error_sector = Some(sector);
+                q.stats.error();
+            }
+            bio.integrity = None;
+        }
+        q.stats.integrity(0, checked, failed);
+        q.end_request(rq, BlkStatus::Ok, false);
+    }
+}
