@@ -1,15 +1,13 @@
-//! The request queue: submission, splitting, scheduling, and the queue
-//! workers that do the I/O.
+//! The request queue: submission, splitting, scheduling and dispatch.
 //!
-//! Counterpart of `submit_bio()`, `submit_bio_wait()`, `blk_mq_run_hw_queue()`
-//! and a driver's `queue_rq` (block/blk-core.c, block/blk-mq.c). Submission
+//! Counterpart of `submit_bio()`, `submit_bio_wait()` and
+//! `blk_mq_run_hw_queue()` (block/blk-core.c, block/blk-mq.c); the workers
+//! that execute requests are in `worker.rs`. Submission
 //! validates the bio, generates its integrity tuples (writes), splits it to
 //! the limits, and adds it to the thread's plug or the scheduler. Requests
 //! are dispatched while fewer than `queue_depth` are in flight, from the
 //! submitting thread and from the worker that just finished one, and fed to
-//! the workers through a `crossbeam-channel`. Workers do `preadv`/`pwritev`
-//! on the backend and complete the bios; reads with integrity go to a verify
-//! worker first.
+//! the workers through a `crossbeam-channel`.
 
 use std::io;
 
