@@ -455,3 +455,56 @@ fn regression_a_failed_shutdown_can_be_retried() {
     assert!(bio.status().is_ok());
     assert_eq!(data, pattern_page(1).as_slice());
 }
+
+#[test]
+fn a_read_whose_tuples_cannot_be_read_fails_instead_of_returning_unverified_data() {
+    use biofs::block::backend::fault::{FaultOps, RangeFault};
+    let mem = formatted(4096, Checksum::Crc32c);
+    let fault = Arc::new(FaultBackend::new(Arc::clone(&mem) as Arc<dyn BlockBackend>));
+    let q = open(Arc::clone(&fault) as Arc<dyn BlockBackend>);
+    assert!(write_pages(&q, 0, &[pattern_page(1)]).status().is_ok());
+    q.shutdown().unwrap();
+    drop(q);
+    // A fresh queue has no tuples cached: it must read the tuple region.
+    let q = open(Arc::clone(&fault) as Arc<dyn BlockBackend>);
+    let l = *q.integrity().unwrap().layout();
+    let tuple_sector = Sector(l.tuple_start / 512);
+    fault.fail_range(RangeFault::new(tuple_sector, 8).ops(FaultOps::Reads));
+    let (bio, _) = read_pages(&q, 0, 1);
+    assert_eq!(bio.status(), BlkStatus::IoErr, "no tuples, no data");
+    fault.clear_faults();
+    let (bio, data) = read_pages(&q, 0, 1);
+    assert!(bio.status().is_ok());
+    assert_eq!(data, pattern_page(1).as_slice());
+}
+
+#[test]
+fn a_write_whose_dirty_bit_cannot_be_made_durable_fails_and_writes_no_data() {
+    use biofs::block::backend::fault::{FaultOps, RangeFault};
+    let mem = formatted(4096, Checksum::Crc32c);
+    let fault = Arc::new(FaultBackend::new(Arc::clone(&mem) as Arc<dyn BlockBackend>));
+    let q = open(Arc::clone(&fault) as Arc<dyn BlockBackend>);
+    let l = *q.integrity().unwrap().layout();
+    let bitmap = Sector(l.bitmap_start / 512);
+    fault.fail_range(
+        RangeFault::new(bitmap, l.bitmap_blocks * 8)
+            .ops(FaultOps::Writes)
+            .errno(libc::ENOSPC),
+    );
+    let far = 64 * 512; // a region nothing has touched yet
+    let w = write_pages(&q, far, &[pattern_page(7)]);
+    assert_eq!(w.status(), BlkStatus::NoSpc);
+    fault.clear_faults();
+    let before = mem.snapshot();
+    assert!(
+        before[(far * 512) as usize..][..4096]
+            .iter()
+            .all(|&b| b == 0),
+        "the data was not written"
+    );
+    let (bio, data) = read_pages(&q, far, 1);
+    assert!(bio.status().is_ok(), "{:?}", bio.status());
+    assert!(data.iter().all(|&b| b == 0));
+    // And the queue goes on working.
+    assert!(write_pages(&q, far, &[pattern_page(7)]).status().is_ok());
+}

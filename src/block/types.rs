@@ -173,14 +173,39 @@ impl BlkStatus {
         }
     }
 
-    /// The status for an `io::Error` from a backend.
+    /// The status for an `io::Error` from a backend: its errno, found on
+    /// the error itself or on an error it wraps (context added on the way
+    /// up keeps the original as its source), else its `ErrorKind`.
     pub fn from_io_error(err: &std::io::Error) -> BlkStatus {
-        match err.raw_os_error() {
-            Some(errno) => BlkStatus::from_errno(errno),
-            None if err.kind() == std::io::ErrorKind::Unsupported => BlkStatus::NotSupp,
-            None => BlkStatus::IoErr,
+        if let Some(errno) = raw_errno(err) {
+            return BlkStatus::from_errno(errno);
+        }
+        use std::io::ErrorKind as K;
+        match err.kind() {
+            K::Unsupported => BlkStatus::NotSupp,
+            K::StorageFull => BlkStatus::NoSpc,
+            K::InvalidInput => BlkStatus::Invalid,
+            K::OutOfMemory => BlkStatus::Resource,
+            _ => BlkStatus::IoErr,
         }
     }
+}
+
+/// The first raw errno in `err` or the chain of errors it wraps.
+fn raw_errno(err: &std::io::Error) -> Option<i32> {
+    if let Some(errno) = err.raw_os_error() {
+        return Some(errno);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = err.get_ref().map(|e| e as _);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(errno) = io.raw_os_error() {
+                return Some(errno);
+            }
+        }
+        source = e.source();
+    }
+    None
 }
 
 impl fmt::Display for BlkStatus {
@@ -232,5 +257,27 @@ mod tests {
             assert_eq!(BlkStatus::from_errno(st.to_errno()), st);
         }
         assert_eq!(BlkStatus::from_errno(libc::EBADF), BlkStatus::IoErr);
+    }
+
+    #[test]
+    fn wrapped_errors_keep_their_errno() {
+        #[derive(Debug)]
+        struct Ctx(std::io::Error);
+        impl std::fmt::Display for Ctx {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "bitmap write at 4096: {}", self.0)
+            }
+        }
+        impl std::error::Error for Ctx {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let wrapped = std::io::Error::new(inner.kind(), Ctx(inner));
+        assert_eq!(wrapped.raw_os_error(), None);
+        assert_eq!(BlkStatus::from_io_error(&wrapped), BlkStatus::NoSpc);
+        let by_kind = std::io::Error::new(std::io::ErrorKind::Unsupported, "no");
+        assert_eq!(BlkStatus::from_io_error(&by_kind), BlkStatus::NotSupp);
     }
 }
