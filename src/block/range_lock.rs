@@ -5,11 +5,21 @@
 //! overlapping writes in flight could otherwise leave one's data with the
 //! other's tuples, and a read racing a write could load the new tuples for
 //! the old data. Workers therefore hold the sector range of the request
-//! they execute: writes exclusively, reads shared. A worker holds at most
-//! one range at a time, so waiting cannot deadlock.
+//! they execute: writes exclusively, reads shared.
+//!
+//! The held ranges are kept in shards by 2 MiB region, so workers on
+//! unrelated regions don't contend for one lock. A request registers in the
+//! shards of the regions it covers in ascending shard order and waits only
+//! before registering in a shard, so waits always point to higher shards
+//! and cannot form a cycle; a worker holds at most one range at a time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
+
+/// log2 of the sectors per shard region (2 MiB).
+const REGION_SHIFT: u32 = 12;
+/// Number of shards.
+const SHARDS: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Held {
@@ -18,14 +28,26 @@ struct Held {
     exclusive: bool,
 }
 
-/// The ranges held by workers right now.
 #[derive(Default)]
-pub(crate) struct RangeLocks {
+struct Shard {
     held: Mutex<Vec<Held>>,
     released: Condvar,
-    /// Threads waiting for a range: a release notifies only when some do
+    /// Threads waiting in this shard: a release notifies only when some do
     /// (a condvar notify is a syscall even with nobody waiting).
     waiters: AtomicUsize,
+}
+
+/// The ranges held by workers right now.
+pub(crate) struct RangeLocks {
+    shards: Vec<Shard>,
+}
+
+impl Default for RangeLocks {
+    fn default() -> RangeLocks {
+        RangeLocks {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
 }
 
 /// A held range, released when dropped.
@@ -35,6 +57,24 @@ pub(crate) struct RangeGuard<'a> {
 }
 
 impl RangeLocks {
+    /// The shards covering sectors `[start, end)`, in ascending order.
+    fn shards_of(start: u64, end: u64) -> impl Iterator<Item = usize> {
+        let first = start >> REGION_SHIFT;
+        let last = end.saturating_sub(1).max(start) >> REGION_SHIFT;
+        let all = last - first + 1 >= SHARDS as u64;
+        let (a, b) = (
+            (first % SHARDS as u64) as usize,
+            (last % SHARDS as u64) as usize,
+        );
+        (0..SHARDS).filter(move |&i| {
+            all || if a <= b {
+                (a..=b).contains(&i)
+            } else {
+                i >= a || i <= b
+            }
+        })
+    }
+
     /// Wait until no conflicting range `[start, end)` is held, then hold it.
     pub(crate) fn lock(&self, start: u64, end: u64, exclusive: bool) -> RangeGuard<'_> {
         let range = Held {
@@ -42,32 +82,38 @@ impl RangeLocks {
             end,
             exclusive,
         };
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        while held
-            .iter()
-            .any(|h| h.start < end && start < h.end && (h.exclusive || exclusive))
-        {
-            self.waiters.fetch_add(1, Ordering::SeqCst);
-            held = self.released.wait(held).unwrap_or_else(|e| e.into_inner());
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        for i in Self::shards_of(start, end) {
+            let shard = &self.shards[i];
+            let mut held = shard.held.lock().unwrap_or_else(|e| e.into_inner());
+            while held
+                .iter()
+                .any(|h| h.start < end && start < h.end && (h.exclusive || exclusive))
+            {
+                shard.waiters.fetch_add(1, Ordering::SeqCst);
+                held = shard.released.wait(held).unwrap_or_else(|e| e.into_inner());
+                shard.waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+            held.push(range);
         }
-        held.push(range);
         RangeGuard { locks: self, range }
     }
 }
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pos) = held.iter().position(|h| *h == self.range) {
-            held.swap_remove(pos);
+        let r = self.range;
+        for i in RangeLocks::shards_of(r.start, r.end) {
+            let shard = &self.locks.shards[i];
+            let mut held = shard.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pos) = held.iter().position(|h| *h == r) {
+                held.swap_remove(pos);
+            }
+            // Waiters register under this shard's lock, which we hold: none
+            // can be missed.
+            if shard.waiters.load(Ordering::SeqCst) > 0 {
+                shard.released.notify_all();
+            }
         }
-        // Waiters register under `held`'s lock, which we still hold: none
-        // can be missed.
-        if self.locks.waiters.load(Ordering::SeqCst) > 0 {
-            self.locks.released.notify_all();
-        }
-        drop(held);
     }
 }
 
@@ -101,5 +147,45 @@ mod tests {
         assert!(got.load(Ordering::SeqCst));
         let _r1 = locks.lock(0, 8, false);
         let _r2 = locks.lock(0, 8, false); // readers share
+    }
+
+    #[test]
+    fn shards_cover_every_region_of_a_range_in_ascending_order() {
+        let s: Vec<usize> = RangeLocks::shards_of(4090, 4100).collect();
+        assert_eq!(
+            s,
+            vec![0, 1],
+            "a range across a region boundary takes both shards"
+        );
+        let wrap: Vec<usize> =
+            RangeLocks::shards_of(63 << REGION_SHIFT, (64 << REGION_SHIFT) + 1).collect();
+        assert_eq!(wrap, vec![0, 63], "wrapping around still ascends");
+        assert_eq!(
+            RangeLocks::shards_of(0, u64::MAX).count(),
+            SHARDS,
+            "a huge range takes every shard"
+        );
+        assert_eq!(RangeLocks::shards_of(5000, 5000).count(), 1);
+    }
+
+    #[test]
+    fn crossing_ranges_from_many_threads_never_deadlock() {
+        // Ranges straddling shard boundaries, exclusive and shared, taken
+        // concurrently: every thread must finish.
+        let locks = Arc::new(RangeLocks::default());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let l = Arc::clone(&locks);
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let start = ((i * 7 + t * 13) % 200) << (REGION_SHIFT - 2);
+                        let _g = l.lock(start, start + (3 << REGION_SHIFT), (i + t) % 3 == 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

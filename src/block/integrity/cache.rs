@@ -331,7 +331,14 @@ impl TupleCache {
     /// writeback error is kept for the next flush and stops the shrink.
     pub fn shrink(&self) {
         loop {
-            let mut st = self.lock();
+            // The bound is soft: if another thread holds the lock, leave the
+            // trimming to a later call instead of queueing on the lock (the
+            // read path calls this once per request).
+            let mut st = match self.state.try_lock() {
+                Ok(st) => st,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
             if st.map.len() <= self.capacity {
                 return;
             }
