@@ -383,3 +383,21 @@ fn the_builder_sends_preflush_once_and_fua_on_every_piece() {
         .iter()
         .all(|o| matches!(o, Op::Flush | Op::Write { fua: true, .. })));
 }
+
+#[test]
+fn nomerge_bios_are_never_merged() {
+    let dev = CheckedBackend::new(8 << 20);
+    let q = queue(&dev, None);
+    {
+        let _plug = Plug::new();
+        for i in 0..4u64 {
+            let mut b = Bio::new(ReqOp::Write, Sector(i * 8), 1);
+            b.add_page(pattern_page(i), PAGE_SIZE as u32, 0);
+            b.add_flags(ReqFlags::NOMERGE);
+            q.submit_bio(b);
+        }
+    }
+    q.drain();
+    assert_eq!(q.stats().merges_back + q.stats().merges_front, 0);
+    assert_eq!(q.stats().writes, 4, "four adjacent bios, four requests");
+}

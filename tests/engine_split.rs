@@ -24,12 +24,13 @@ fn seg() -> impl Strategy<Value = Seg> {
     })
 }
 
-fn limits() -> impl Strategy<Value = (u32, u32, u32, u64)> {
+fn limits() -> impl Strategy<Value = (u32, u32, u32, u64, u64)> {
     (
         prop::sample::select(vec![8u32, 16, 24, 64, 2048]),
         prop::sample::select(vec![1u32, 2, 3, 4, 16, 256]),
         prop::sample::select(vec![4096u32, 8192, 65536]),
         prop::sample::select(vec![0u64, 511, 4095]),
+        prop::sample::select(vec![u64::MAX, 4095, 8191, 65535]),
     )
 }
 
@@ -40,7 +41,7 @@ proptest! {
     fn split_requests_obey_every_limit(
         segs in prop::collection::vec(seg(), 1..48),
         read_segs in prop::collection::vec(seg(), 1..48),
-        (max_sectors, max_segments, max_segment_size, virt) in limits(),
+        (max_sectors, max_segments, max_segment_size, virt, boundary) in limits(),
         start in 0u64..64,
         seed in any::<u8>(),
     ) {
@@ -50,6 +51,7 @@ proptest! {
         lim.max_segments = max_segments;
         lim.max_segment_size = max_segment_size;
         lim.virt_boundary_mask = virt;
+        lim.seg_boundary_mask = boundary;
         prop_assume!(lim.validate().is_ok());
         dev.set_limits(lim.clone());
         let q = Queue::new(Arc::clone(&dev) as Arc<dyn BlockBackend>, QueueConfig { limits: Some(lim), ..QueueConfig::default() }).unwrap();
