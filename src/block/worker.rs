@@ -15,69 +15,32 @@ use crossbeam_channel::{Receiver, Sender};
 use super::integrity_payload::{self, interval_range, BioIntegrity};
 use super::merge::Request;
 use super::queue::QueueInner;
+use super::range_lock::RangeGuard;
 use super::types::{BlkStatus, ReqFlags, ReqOp};
+
+/// What [`QueueInner::pre_io`] holds until [`QueueInner::post_io`].
+pub(crate) struct IoCtx<'a> {
+    _range: Option<RangeGuard<'a>>,
+    /// A write's interval ranges, one per bio, begun in the store.
+    ranges: Vec<(u64, u64)>,
+}
 
 impl QueueInner {
     /// Do one request's I/O on the backend, with the integrity store's
     /// protocol around it (docs/integrity.md).
     pub(crate) fn execute(&self, rq: &mut Request) -> io::Result<()> {
+        if rq.op.has_data() {
+            let ctx = self.pre_io(rq)?;
+            let result = self.do_io(rq);
+            return self.post_io(rq, ctx, result);
+        }
         let Some(store) = &self.integrity else {
             return self.do_io(rq);
         };
         let profile = *store.profile();
-        // Data and tuples of overlapping requests change together.
-        let _range = (rq.op != ReqOp::Flush).then(|| {
-            self.ranges
-                .lock(rq.sector.0, rq.end_sector(), rq.op != ReqOp::Read)
-        });
         match rq.op {
-            ReqOp::Read => {
-                self.do_io(rq)?;
-                if self.verify_reads {
-                    // Fill each bio's PI buffer from the store.
-                    for bio in rq.bios.iter_mut() {
-                        let mut payload = BioIntegrity::for_read(&profile, bio);
-                        let (first, _) = interval_range(&profile, bio.sector, u64::from(bio.size));
-                        store.load(first, &mut payload.tuples)?;
-                        bio.integrity = Some(Box::new(payload));
-                    }
-                }
-                Ok(())
-            }
-            ReqOp::Write => {
-                if rq.flags.contains(ReqFlags::PREFLUSH) {
-                    store.flush()?;
-                }
-                let ranges: Vec<(u64, u64)> = rq
-                    .bios
-                    .iter()
-                    .map(|b| interval_range(&profile, b.sector, u64::from(b.size)))
-                    .collect();
-                for (i, &(first, n)) in ranges.iter().enumerate() {
-                    if let Err(e) = store.begin_write(first, n) {
-                        for &(f, n) in &ranges[..i] {
-                            store.end_write(f, n, None);
-                        }
-                        return Err(e);
-                    }
-                }
-                let result = self.do_io(rq);
-                for (bio, &(first, n)) in rq.bios.iter().zip(&ranges) {
-                    let tuples = result
-                        .is_ok()
-                        .then(|| bio.integrity.as_ref().map(|p| p.tuples()))
-                        .flatten();
-                    store.end_write(first, n, tuples);
-                }
-                result?;
-                if rq.flags.contains(ReqFlags::FUA) {
-                    let (first, n) = interval_range(&profile, rq.sector, rq.bytes());
-                    store.persist(first, n)?;
-                }
-                Ok(())
-            }
-            ReqOp::Flush => store.flush(),
             ReqOp::Discard | ReqOp::WriteZeroes => {
+                let _range = self.ranges.lock(rq.sector.0, rq.end_sector(), true);
                 let (first, n) = interval_range(&profile, rq.sector, rq.bytes());
                 store.begin_write(first, n)?;
                 let result = self.do_io(rq);
@@ -95,6 +58,99 @@ impl QueueInner {
                         Err(e)
                     }
                 }
+            }
+            _ => store.flush(),
+        }
+    }
+
+    /// Before a read or write's data transfer: hold its sector range, do a
+    /// PREFLUSH, and mark the regions a write touches dirty (integrity on).
+    /// On error nothing is held and the transfer must not be issued.
+    pub(crate) fn pre_io(&self, rq: &Request) -> io::Result<IoCtx<'_>> {
+        let preflush = rq.op == ReqOp::Write && rq.flags.contains(ReqFlags::PREFLUSH);
+        let Some(store) = &self.integrity else {
+            if preflush {
+                self.backend.flush()?;
+            }
+            return Ok(IoCtx {
+                _range: None,
+                ranges: Vec::new(),
+            });
+        };
+        let profile = *store.profile();
+        // Data and tuples of overlapping requests change together.
+        let range = self
+            .ranges
+            .lock(rq.sector.0, rq.end_sector(), rq.op == ReqOp::Write);
+        if rq.op != ReqOp::Write {
+            return Ok(IoCtx {
+                _range: Some(range),
+                ranges: Vec::new(),
+            });
+        }
+        if preflush {
+            store.flush()?;
+        }
+        let ranges: Vec<(u64, u64)> = rq
+            .bios
+            .iter()
+            .map(|b| interval_range(&profile, b.sector, u64::from(b.size)))
+            .collect();
+        for (i, &(first, n)) in ranges.iter().enumerate() {
+            if let Err(e) = store.begin_write(first, n) {
+                for &(f, n) in &ranges[..i] {
+                    store.end_write(f, n, None);
+                }
+                return Err(e);
+            }
+        }
+        Ok(IoCtx {
+            _range: Some(range),
+            ranges,
+        })
+    }
+
+    /// After a read or write's data transfer ended with `result`: store a
+    /// write's tuples (or record its failure) and persist them for FUA; load
+    /// a read's tuples for the verify worker. Releases the range.
+    pub(crate) fn post_io(
+        &self,
+        rq: &mut Request,
+        ctx: IoCtx<'_>,
+        result: io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(store) = &self.integrity else {
+            return result;
+        };
+        let profile = *store.profile();
+        match rq.op {
+            ReqOp::Write => {
+                for (bio, &(first, n)) in rq.bios.iter().zip(&ctx.ranges) {
+                    let tuples = result
+                        .is_ok()
+                        .then(|| bio.integrity.as_ref().map(|p| p.tuples()))
+                        .flatten();
+                    store.end_write(first, n, tuples);
+                }
+                result?;
+                if rq.flags.contains(ReqFlags::FUA) {
+                    let (first, n) = interval_range(&profile, rq.sector, rq.bytes());
+                    store.persist(first, n)?;
+                }
+                Ok(())
+            }
+            _ => {
+                result?;
+                if self.verify_reads {
+                    // Fill each bio's PI buffer from the store.
+                    for bio in rq.bios.iter_mut() {
+                        let mut payload = BioIntegrity::for_read(&profile, bio);
+                        let (first, _) = interval_range(&profile, bio.sector, u64::from(bio.size));
+                        store.load(first, &mut payload.tuples)?;
+                        bio.integrity = Some(Box::new(payload));
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -127,9 +183,6 @@ impl QueueInner {
                 self.backend.read_at(&mut iov, offset)
             }
             ReqOp::Write => {
-                if rq.flags.contains(ReqFlags::PREFLUSH) && self.integrity.is_none() {
-                    self.backend.flush()?;
-                }
                 let mut iov = Vec::with_capacity(rq.nr_segs as usize);
                 for bio in &rq.bios {
                     for bv in bio.cur_segments() {
