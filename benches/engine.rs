@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use biofs::block::backend::{BlockBackend, DirectMode, FileBackend, FileOptions, MemBackend};
 use biofs::block::{
-    Bio, BioSet, Checksum, Gfp, IntegrityMode, IntegrityProfile, IntegrityStore, Page, Plug, Queue,
-    QueueConfig, ReqOp, Sector, StatsSnapshot, PAGE_SIZE, SECTOR_SHIFT,
+    Bio, BioSet, Checksum, Gfp, IntegrityMode, IntegrityProfile, IntegrityStore, IoMode, Page,
+    Plug, Queue, QueueConfig, ReqOp, Sector, StatsSnapshot, PAGE_SIZE, SECTOR_SHIFT,
 };
 
 const USAGE: &str = "\
@@ -42,8 +42,11 @@ usage: cargo bench --bench engine -- [OPTIONS]
   --only NAMES       run only these cases (comma-separated): seqwrite, seqread,
                      randread, mem_bios (seqread and randread need seqwrite's
                      data, so the image is always written first)
-  --workers N        queue workers (and queue depth) for randread (default 12)
+  --workers N        queue workers for randread (default 4)
   --verify-workers N verify workers for the file cases (default 1)
+  --uring DEPTH      randread workers keep DEPTH reads in flight each through
+                     io_uring (IoMode::Uring; default 8); 0: one blocking
+                     preadv per worker (IoMode::Blocking)
   --seq-workers N    queue workers for seqwrite and seqread (default 4; the
                      queue depth is twice this)
   --integrity on|off crc32c tuples on the file cases (default on; off is a
@@ -61,11 +64,14 @@ const BIO_SECTORS: u64 = BIO_BYTES >> SECTOR_SHIFT;
 const WRITE_PAGES: usize = 256;
 /// Random reads in flight.
 const RAND_DEPTH: usize = 32;
-/// Queue workers for randread: each does one blocking `preadv` at a time.
-/// 12 measured best on this 2-core machine (8: 71k, 12: 87k, 16: 85k,
-/// 24: 81k, 32: 77k IOPS, 2026-11-22): more threads cost more switching
-/// than the device parallelism they add.
-const RAND_WORKERS: usize = 12;
+/// Queue workers for randread, each keeping `RAND_URING_DEPTH` reads in
+/// flight through io_uring: 4 x 8 = the 32 in flight at the device.
+/// Measured here (2026-11-22, alternating runs): 4 x 8 gave 91-99 k IOPS
+/// where 2 x 16 gave 70-80 k, 8 x 4 70-80 k, and 12 blocking workers
+/// (`--uring 0`, one `preadv` each) 55-69 k over the same minutes.
+const RAND_WORKERS: usize = 4;
+/// Reads each randread worker keeps in flight (`IoMode::Uring`).
+const RAND_URING_DEPTH: u32 = 8;
 /// Every case, in the order they run.
 const CASES: [&str; 4] = ["seqwrite", "seqread", "randread", "mem_bios"];
 
@@ -80,6 +86,7 @@ struct Args {
     workers: usize,
     seq_workers: usize,
     verify_workers: usize,
+    uring: u32,
     integrity: bool,
     seconds: f64,
     inflight: u64,
@@ -120,6 +127,7 @@ fn parse_args() -> BenchResult<Option<Args>> {
         workers: RAND_WORKERS,
         seq_workers: 4,
         verify_workers: 1,
+        uring: RAND_URING_DEPTH,
         integrity: true,
         seconds: 10.0,
         inflight: 128 << 20,
@@ -148,6 +156,10 @@ fn parse_args() -> BenchResult<Option<Args>> {
                 args.seq_workers = v
                     .parse()
                     .map_err(|_| format!("--seq-workers: bad count '{v}'"))?;
+            }
+            "--uring" => {
+                let v = value("--uring")?;
+                args.uring = v.parse().map_err(|_| format!("--uring: bad depth '{v}'"))?;
             }
             "--verify-workers" => {
                 let v = value("--verify-workers")?;
@@ -544,9 +556,15 @@ fn seq_read(args: &Args) -> BenchResult<Vec<Figure>> {
 /// the completion context, as an asynchronous user of the engine would.
 fn rand_read(args: &Args) -> BenchResult<Vec<Figure>> {
     use std::sync::atomic::{AtomicU64, Ordering};
+    let io_mode = if args.uring > 0 {
+        IoMode::Uring { depth: args.uring }
+    } else {
+        IoMode::Blocking
+    };
     let config = QueueConfig {
         nr_workers: args.workers,
-        queue_depth: args.workers,
+        queue_depth: args.workers * args.uring.max(1) as usize,
+        io_mode,
         ..seq_config(args)
     };
     let q = Arc::new(open_queue(args, config)?);
@@ -623,9 +641,14 @@ fn rand_read(args: &Args) -> BenchResult<Vec<Figure>> {
         unit: "IOPS",
         value: done as f64 / elapsed.as_secs_f64(),
         note: format!(
-            "{done} reads in {:.1} s, {RAND_DEPTH} in flight, {} workers, {}",
+            "{done} reads in {:.1} s, {RAND_DEPTH} in flight, {} workers{}, {}",
             elapsed.as_secs_f64(),
             args.workers,
+            if args.uring > 0 {
+                format!(" x {} via io_uring", args.uring)
+            } else {
+                " (blocking)".to_string()
+            },
             if args.integrity {
                 "verified"
             } else {

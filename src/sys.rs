@@ -436,6 +436,82 @@ pub fn tgid_of(tid: i32) -> std::io::Result<i32> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no Tgid in status"))
 }
 
+// ---------------------------------------------------------------------------
+// io_uring, for queue workers that keep several transfers in flight.
+// ---------------------------------------------------------------------------
+
+/// An io_uring instance submitting vectored reads and writes
+/// (`IORING_OP_READV` / `IORING_OP_WRITEV`: `preadv` / `pwritev2` made
+/// asynchronous).
+pub struct Ring {
+    ring: io_uring::IoUring,
+}
+
+impl Ring {
+    /// A ring with room for `entries` operations in flight.
+    pub fn new(entries: u32) -> std::io::Result<Ring> {
+        Ok(Ring {
+            ring: io_uring::IoUring::new(entries.max(1).next_power_of_two())?,
+        })
+    }
+
+    /// Queue a `preadv` (or, with `write`, a `pwritev2`, with `RWF_DSYNC`
+    /// when `dsync`) of `iov` at `offset` on `fd`, tagged `user_data`.
+    /// Returns false when the submission queue is full.
+    ///
+    /// # Safety
+    /// `iov`, and every buffer it points to, must stay valid and untouched
+    /// by anyone else until the completion tagged `user_data` has been
+    /// reaped; `fd` must stay open until then.
+    pub unsafe fn push_rw(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        iov: &[libc::iovec],
+        offset: u64,
+        write: bool,
+        dsync: bool,
+        user_data: u64,
+    ) -> bool {
+        use io_uring::{opcode, types};
+        let len = u32::try_from(iov.len()).unwrap_or(u32::MAX);
+        let entry = if write {
+            opcode::Writev::new(types::Fd(fd), iov.as_ptr(), len)
+                .offset(offset)
+                .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
+                .build()
+        } else {
+            opcode::Readv::new(types::Fd(fd), iov.as_ptr(), len)
+                .offset(offset)
+                .build()
+        };
+        // SAFETY: the caller keeps the iovecs and buffers alive and unshared
+        // until the completion is reaped (this function's contract).
+        unsafe {
+            self.ring
+                .submission()
+                .push(&entry.user_data(user_data))
+                .is_ok()
+        }
+    }
+
+    /// Submit what is queued and wait for at least `want` completions.
+    /// `EINTR` is retried.
+    pub fn submit_and_wait(&mut self, want: usize) -> std::io::Result<usize> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Take the completions available now: `(user_data, result)`, the
+    /// result being bytes transferred or a negated errno.
+    pub fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

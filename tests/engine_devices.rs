@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use biofs::block::backend::{BlockBackend, DirectMode, FileBackend, FileOptions};
 use biofs::block::{
-    Bio, BlkStatus, Checksum, IntegrityMode, IntegrityProfile, IntegrityStore, Plug, Queue,
+    Bio, BlkStatus, Checksum, IntegrityMode, IntegrityProfile, IntegrityStore, IoMode, Plug, Queue,
     QueueConfig, ReqOp, Sector, PAGE_SIZE,
 };
 use common::{pattern_page, read_pages};
@@ -15,7 +15,7 @@ use common::{pattern_page, read_pages};
 /// Format, write through a plug, flush, read back verified, discard,
 /// reopen and read again; then flip a data bit behind the engine's back and
 /// see a protection error.
-fn exercise(path: &std::path::Path, backend_kind: &str) {
+fn exercise(path: &std::path::Path, backend_kind: &str, io_mode: IoMode) {
     let opts = FileOptions {
         direct: DirectMode::Require,
         read_only: false,
@@ -30,6 +30,8 @@ fn exercise(path: &std::path::Path, backend_kind: &str) {
     .unwrap();
     let config = QueueConfig {
         integrity: IntegrityMode::on(),
+        io_mode,
+        queue_depth: 16,
         ..QueueConfig::default()
     };
     let q = Queue::new(Arc::clone(&dev), config.clone()).unwrap();
@@ -84,12 +86,23 @@ fn exercise(path: &std::path::Path, backend_kind: &str) {
     assert_eq!(bio.error_sector(), Some(Sector(300 * 8)));
 }
 
+fn image(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let image = dir.path().join(name);
+    FileBackend::create(&image, 64 << 20).unwrap();
+    (dir, image)
+}
+
 #[test]
 fn the_engine_on_an_o_direct_image_file() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let image = dir.path().join("disk.img");
-    FileBackend::create(&image, 64 << 20).unwrap();
-    exercise(&image, "file");
+    let (_dir, image) = image("disk.img");
+    exercise(&image, "file", IoMode::Blocking);
+}
+
+#[test]
+fn the_engine_on_an_o_direct_image_file_through_io_uring() {
+    let (_dir, image) = image("disk.img");
+    exercise(&image, "file", IoMode::Uring { depth: 8 });
 }
 
 #[test]
@@ -97,5 +110,85 @@ fn the_engine_on_a_loop_block_device() {
     let Some((dev, _guard)) = common::loop_device(64 << 20) else {
         return;
     };
-    exercise(&dev, "blockdev");
+    exercise(&dev, "blockdev", IoMode::Blocking);
+}
+
+#[test]
+fn the_engine_on_a_loop_block_device_through_io_uring() {
+    let Some((dev, _guard)) = common::loop_device(64 << 20) else {
+        return;
+    };
+    exercise(&dev, "blockdev", IoMode::Uring { depth: 8 });
+}
+
+#[test]
+fn io_uring_random_reads_and_overwrites_match_a_model() {
+    // Many transfers in flight at once against a model of the device.
+    let (_dir, image) = image("model.img");
+    let opts = FileOptions {
+        direct: DirectMode::Require,
+        read_only: false,
+    };
+    let dev: Arc<dyn BlockBackend> = Arc::new(FileBackend::open(&image, opts).unwrap());
+    IntegrityStore::format(
+        &*dev,
+        IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
+    )
+    .unwrap();
+    let config = QueueConfig {
+        integrity: IntegrityMode::on(),
+        io_mode: IoMode::Uring { depth: 16 },
+        nr_workers: 2,
+        queue_depth: 32,
+        ..QueueConfig::default()
+    };
+    let q = Queue::new(dev, config).unwrap();
+    let blocks = 256u64;
+    let mut model: Vec<Option<u64>> = vec![None; blocks as usize];
+    let mut x = 12345u64;
+    for round in 0..20u64 {
+        // A burst of writes to random blocks, all in flight together, each
+        // block written at most once per burst.
+        let mut chosen = std::collections::BTreeMap::new();
+        for i in 0..64u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            chosen.insert((x >> 33) % blocks, round * 1000 + i);
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for (&block, &pat) in &chosen {
+            let mut bio = Bio::new(ReqOp::Write, Sector(block * 8), 1);
+            bio.add_page(pattern_page(pat), PAGE_SIZE as u32, 0);
+            let tx = tx.clone();
+            bio.set_end_io(move |b| tx.send(b.status()).unwrap());
+            q.submit_bio(bio);
+            model[block as usize] = Some(pat);
+        }
+        for _ in 0..chosen.len() {
+            assert!(rx.recv().unwrap().is_ok());
+        }
+        // Read everything back, many reads in flight.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for block in 0..blocks {
+            let mut bio = Bio::new(ReqOp::Read, Sector(block * 8), 1);
+            bio.add_page(biofs::block::Page::new(), PAGE_SIZE as u32, 0);
+            let tx = tx.clone();
+            bio.set_end_io(move |b| tx.send((block, b.status(), b.copy_data())).unwrap());
+            q.submit_bio(bio);
+        }
+        for _ in 0..blocks {
+            let (block, status, data) = rx.recv().unwrap();
+            assert!(status.is_ok(), "round {round} block {block}: {status:?}");
+            match model[block as usize] {
+                Some(pat) => assert_eq!(
+                    data,
+                    pattern_page(pat).as_slice(),
+                    "round {round} block {block}"
+                ),
+                None => assert!(data.iter().all(|&b| b == 0)),
+            }
+        }
+    }
+    assert_eq!(q.stats().integrity_failed, 0);
 }

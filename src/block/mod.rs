@@ -20,6 +20,7 @@ pub mod split;
 pub mod stats;
 pub mod types;
 mod worker;
+mod worker_uring;
 
 pub use bio::{
     bio_chain, bio_endio, bio_io_error, Bio, BioVec, ChainError, SharedEndIo, BIO_MAX_VECS,
@@ -31,7 +32,7 @@ pub use ioc::{IoContext, IoPrio, IoPrioClass};
 pub use limits::QueueLimits;
 pub use page::Page;
 pub use plug::Plug;
-pub use queue::{IntegrityMode, Queue, QueueConfig};
+pub use queue::{IntegrityMode, IoMode, Queue, QueueConfig};
 pub use stats::StatsSnapshot;
 pub use types::{
     BlkStatus, ReqFlags, ReqOp, Sector, PAGE_SHIFT, PAGE_SIZE, SECTOR_SHIFT, SECTOR_SIZE,

@@ -32,6 +32,7 @@ use super::split::{bio_segments, bio_split, max_range_sectors, range_split, spli
 use super::stats::{QueueStats, StatsSnapshot};
 use super::types::{BlkStatus, ReqOp, SECTOR_SHIFT, SECTOR_SIZE};
 use super::worker;
+use super::worker_uring;
 
 /// How a queue is set up.
 #[derive(Clone, Debug)]
@@ -52,6 +53,20 @@ pub struct QueueConfig {
     pub split_pool: usize,
     /// Integrity metadata: off, or kept in the store on the device.
     pub integrity: IntegrityMode,
+    /// How workers do their transfers.
+    pub io_mode: IoMode,
+}
+
+/// How queue workers do their reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoMode {
+    /// Each worker does one blocking `preadv`/`pwritev2` at a time.
+    Blocking,
+    /// Each worker keeps up to `depth` transfers in flight through io_uring
+    /// (`IORING_OP_READV`/`WRITEV`), on backends that offer an `O_DIRECT`
+    /// descriptor ([`BlockBackend::direct_fd`]); others use `Blocking`. Set
+    /// `queue_depth` to `nr_workers * depth` to use them all.
+    Uring { depth: u32 },
 }
 
 /// Whether the queue generates and verifies integrity tuples.
@@ -88,6 +103,7 @@ impl Default for QueueConfig {
             expire: DEFAULT_EXPIRE,
             split_pool: 64,
             integrity: IntegrityMode::Off,
+            io_mode: IoMode::Blocking,
         }
     }
 }
@@ -197,13 +213,26 @@ impl Queue {
             shut_down: AtomicBool::new(false),
         };
         let (verify_tx, verify_rx) = crossbeam_channel::unbounded::<Request>();
+        let direct = match config.io_mode {
+            IoMode::Uring { depth } => queue
+                .inner
+                .backend
+                .direct_fd()
+                .map(|fd| (fd, depth as usize)),
+            IoMode::Blocking => None,
+        };
         for i in 0..config.nr_workers.max(1) {
             let inner = Arc::clone(&queue.inner);
             let rx = work_rx.clone();
             let vtx = verify_tx.clone();
-            queue.spawn(format!("biofs-queue-{i}"), move || {
-                worker::worker_loop(&inner, &rx, &vtx)
-            })?;
+            match direct {
+                Some((fd, depth)) => queue.spawn(format!("biofs-queue-{i}"), move || {
+                    worker_uring::uring_worker_loop(&inner, &rx, &vtx, fd, depth)
+                })?,
+                None => queue.spawn(format!("biofs-queue-{i}"), move || {
+                    worker::worker_loop(&inner, &rx, &vtx)
+                })?,
+            }
         }
         drop(verify_tx);
         for i in 0..config.nr_verify_workers.max(1) {

@@ -155,8 +155,14 @@ impl QueueInner {
         }
     }
 
+    /// The transfer done blocking, then [`QueueInner::post_io`].
+    pub(crate) fn post_io_after_sync(&self, rq: &mut Request, ctx: IoCtx<'_>) -> io::Result<()> {
+        let result = self.do_io(rq);
+        self.post_io(rq, ctx, result)
+    }
+
     /// The data transfer itself.
-    fn do_io(&self, rq: &Request) -> io::Result<()> {
+    pub(crate) fn do_io(&self, rq: &Request) -> io::Result<()> {
         let offset = rq.sector.to_bytes();
         match rq.op {
             ReqOp::Read => {
@@ -225,7 +231,7 @@ pub(crate) fn worker_loop(
 }
 
 /// Hand a request whose I/O is done to the verify worker, or complete it.
-fn finish_request(
+pub(crate) fn finish_request(
     q: &QueueInner,
     rq: Request,
     result: io::Result<()>,

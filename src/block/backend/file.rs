@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::path::{Path, PathBuf};
 
-use super::{check_range, iov_len, BackendInfo, BlockBackend};
+use super::{check_range, iov_len, BackendInfo, BlockBackend, DirectFd};
 use crate::block::page::Page;
 use crate::block::types::{PAGE_SIZE, SECTOR_SIZE};
 use crate::sys;
@@ -283,6 +283,14 @@ fn copy_into_pages(pages: &mut [Page], mut pos: usize, src: &[u8]) {
 }
 
 impl BlockBackend for FileBackend {
+    fn direct_fd(&self) -> Option<DirectFd> {
+        use std::os::fd::AsRawFd;
+        (self.info.direct_io && !self.read_only).then(|| DirectFd {
+            fd: self.file.as_raw_fd(),
+            mem_align: u32::try_from(self.mem_align).unwrap_or(u32::MAX).max(1),
+        })
+    }
+
     fn info(&self) -> BackendInfo {
         self.info.clone()
     }

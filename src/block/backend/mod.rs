@@ -68,6 +68,23 @@ pub trait BlockBackend: Send + Sync {
 
     /// Make the range read as zeroes.
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// The file descriptor of a writable `O_DIRECT` file or device, for
+    /// queue workers that submit their reads and writes asynchronously
+    /// (io_uring) instead of through [`BlockBackend::read_at`] /
+    /// [`BlockBackend::write_at`]. Backends that must see every transfer
+    /// (memory, fault injection, write logging) return `None`, the default.
+    fn direct_fd(&self) -> Option<DirectFd> {
+        None
+    }
+}
+
+/// A descriptor the engine may do `O_DIRECT` I/O on directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectFd {
+    pub fd: std::os::fd::RawFd,
+    /// Buffer addresses and lengths must be multiples of this.
+    pub mem_align: u32,
 }
 
 /// Checks the alignment and bounds rule of the [`BlockBackend`] contract.
