@@ -52,6 +52,7 @@ pub(crate) fn uring_worker_loop(
     let mut free: Vec<usize> = (0..depth).rev().collect();
     let mut ready: VecDeque<Request> = VecDeque::new();
     let mut reaped = Vec::with_capacity(depth);
+    let mut submit_errors = 0u64;
     loop {
         // Fill the ring: requests handed back by io_done first, then the
         // channel (blocking only when nothing is in flight).
@@ -116,16 +117,18 @@ pub(crate) fn uring_worker_loop(
             continue;
         }
         if let Err(e) = ring.submit_and_wait(1) {
-            log::error!("io_uring submit failed ({e}); finishing in-flight requests synchronously");
-            for idx in 0..depth {
-                if let Some(InFlight { mut rq, ctx, .. }) = slots[idx].take() {
-                    free.push(idx);
-                    let result = q.post_io_after_sync(&mut rq, ctx);
-                    finish_request(q, rq, result, verify_tx);
-                    ready.extend(q.io_done());
-                }
+            // Entries the kernel already took may still be in flight: their
+            // buffers must stay where they are, so never finish them here.
+            // Back off and try again (EBUSY/EAGAIN clear as completions are
+            // reaped); a ring that never recovers leaves these bios pending
+            // rather than freeing memory under the kernel.
+            submit_errors += 1;
+            if submit_errors == 1 || submit_errors % 1000 == 0 {
+                log::error!("io_uring submit failed {submit_errors} time(s): {e}; retrying");
             }
-            continue;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        } else {
+            submit_errors = 0;
         }
         reaped.clear();
         ring.reap(&mut reaped);
