@@ -13,10 +13,50 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::integrity_payload::{self, interval_range, BioIntegrity};
+use super::limits::QueueLimits;
 use super::merge::Request;
+use super::page::Page;
 use super::queue::QueueInner;
 use super::range_lock::RangeGuard;
 use super::types::{BlkStatus, ReqFlags, ReqOp};
+
+/// One memory segment of a request as the device sees it: `len` bytes at
+/// `offset` in `page`, within the segment size and boundary limits.
+pub(crate) struct Piece<'a> {
+    pub(crate) page: &'a Page,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+}
+
+impl Piece<'_> {
+    pub(crate) fn addr(&self) -> usize {
+        self.page.addr() + self.offset
+    }
+}
+
+/// The pieces of a request's current data, in order: each bio segment cut
+/// where the limits require (`blk_rq_map_sg()` in spirit).
+pub(crate) fn pieces<'a>(rq: &'a Request, lim: &'a QueueLimits) -> impl Iterator<Item = Piece<'a>> {
+    rq.bios
+        .iter()
+        .flat_map(|bio| bio.cur_segments())
+        .flat_map(move |seg| {
+            let (start, len) = (seg.offset as usize, seg.len as usize);
+            let mut off = 0usize;
+            std::iter::from_fn(move || {
+                (off < len).then(|| {
+                    let n = lim.segment_len(seg.addr() + off, len - off);
+                    let piece = Piece {
+                        page: seg.page,
+                        offset: start + off,
+                        len: n,
+                    };
+                    off += n;
+                    piece
+                })
+            })
+        })
+}
 
 /// What [`QueueInner::pre_io`] holds until [`QueueInner::post_io`].
 pub(crate) struct IoCtx<'a> {
@@ -167,40 +207,21 @@ impl QueueInner {
         match rq.op {
             ReqOp::Read => {
                 let mut iov = Vec::with_capacity(rq.nr_segs as usize);
-                for bio in &rq.bios {
-                    for bv in bio.cur_segments() {
-                        let mut off = 0usize;
-                        while off < bv.len as usize {
-                            let n = self
-                                .limits
-                                .segment_len(bv.addr() + off, bv.len as usize - off);
-                            // SAFETY: the queue checked at submission that this read
-                            // bio's pages were referenced only by the bio itself; the
-                            // bio and its split pieces are owned by the engine until
-                            // completion, and the pieces cover disjoint byte ranges,
-                            // so nobody else reads or writes these bytes meanwhile.
-                            let buf =
-                                unsafe { bv.page.slice_mut_in_flight(bv.offset as usize + off, n) };
-                            iov.push(IoSliceMut::new(buf));
-                            off += n;
-                        }
-                    }
+                for p in pieces(rq, &self.limits) {
+                    // SAFETY: the queue checked at submission that this read
+                    // bio's pages were referenced only by the bio itself; the
+                    // bio and its split pieces are owned by the engine until
+                    // completion, and the pieces cover disjoint byte ranges,
+                    // so nobody else reads or writes these bytes meanwhile.
+                    let buf = unsafe { p.page.slice_mut_in_flight(p.offset, p.len) };
+                    iov.push(IoSliceMut::new(buf));
                 }
                 self.backend.read_at(&mut iov, offset)
             }
             ReqOp::Write => {
-                let mut iov = Vec::with_capacity(rq.nr_segs as usize);
-                for bio in &rq.bios {
-                    for bv in bio.cur_segments() {
-                        let data = bv.as_slice();
-                        let mut off = 0usize;
-                        while off < data.len() {
-                            let n = self.limits.segment_len(bv.addr() + off, data.len() - off);
-                            iov.push(IoSlice::new(&data[off..off + n]));
-                            off += n;
-                        }
-                    }
-                }
+                let iov: Vec<IoSlice<'_>> = pieces(rq, &self.limits)
+                    .map(|p| IoSlice::new(p.page.slice(p.offset, p.len)))
+                    .collect();
                 self.backend
                     .write_at(&iov, offset, rq.flags.contains(ReqFlags::FUA))
             }

@@ -19,7 +19,7 @@ use super::backend::DirectFd;
 use super::merge::Request;
 use super::queue::QueueInner;
 use super::types::ReqOp;
-use super::worker::{finish_request, worker_loop, IoCtx};
+use super::worker::{finish_request, pieces, worker_loop, IoCtx};
 use crate::sys::Ring;
 
 /// A transfer on the ring: the request, what `pre_io` holds, and the iovecs
@@ -159,25 +159,14 @@ pub(crate) fn uring_worker_loop(
     }
 }
 
-/// The iovecs of a request's current segments, cut to the segment limits.
+/// The iovecs of a request's current data, cut to the segment limits.
 fn iovecs(q: &QueueInner, rq: &Request) -> Vec<libc::iovec> {
-    let mut iov = Vec::with_capacity(rq.nr_segs as usize);
-    for bio in &rq.bios {
-        for seg in bio.cur_segments() {
-            let mut off = 0usize;
-            while off < seg.len as usize {
-                let n = q
-                    .limits
-                    .segment_len(seg.addr() + off, seg.len as usize - off);
-                iov.push(libc::iovec {
-                    iov_base: (seg.addr() + off) as *mut libc::c_void,
-                    iov_len: n,
-                });
-                off += n;
-            }
-        }
-    }
-    iov
+    pieces(rq, &q.limits)
+        .map(|p| libc::iovec {
+            iov_base: p.addr() as *mut libc::c_void,
+            iov_len: p.len,
+        })
+        .collect()
 }
 
 /// True if every segment's address and length suit the device's `O_DIRECT`
