@@ -585,14 +585,22 @@ impl QueueInner {
     /// completion context, as blk-mq does, saves waking another worker).
     /// Other free slots are filled through the channel.
     pub(crate) fn io_done(&self) -> Option<Request> {
+        self.io_done_n(1).pop()
+    }
+
+    /// [`QueueInner::io_done`] for `n` requests at once, under one lock: up
+    /// to `n` waiting requests come back for the caller.
+    pub(crate) fn io_done_n(&self, n: usize) -> Vec<Request> {
         let (mine, failed) = {
             let mut st = self.lock();
-            st.inflight = st.inflight.saturating_sub(1);
-            let mine = if st.work_tx.is_some() {
-                self.take_request(&mut st)
-            } else {
-                None
-            };
+            st.inflight = st.inflight.saturating_sub(n);
+            let mut mine = Vec::new();
+            while mine.len() < n && st.work_tx.is_some() {
+                match self.take_request(&mut st) {
+                    Some(rq) => mine.push(rq),
+                    None => break,
+                }
+            }
             (mine, self.run_queue_locked(&mut st))
         };
         self.fail_requests(failed);

@@ -132,6 +132,7 @@ pub(crate) fn uring_worker_loop(
         }
         reaped.clear();
         ring.reap(&mut reaped);
+        let mut done = 0;
         for &(tag, res) in &reaped {
             let idx = tag as usize;
             let Some(InFlight {
@@ -154,7 +155,11 @@ pub(crate) fn uring_worker_loop(
             };
             let result = q.post_io(&mut rq, ctx, transfer);
             finish_request(q, rq, result, verify_tx);
-            ready.extend(q.io_done());
+            done += 1;
+        }
+        // Free this batch's dispatch slots and refill under one lock.
+        if done > 0 {
+            ready.extend(q.io_done_n(done));
         }
     }
 }
