@@ -585,26 +585,29 @@ impl QueueInner {
     /// completion context, as blk-mq does, saves waking another worker).
     /// Other free slots are filled through the channel.
     pub(crate) fn io_done(&self) -> Option<Request> {
-        self.io_done_n(1).pop()
+        let mut mine = None;
+        self.io_done_n(1, |rq| mine = Some(rq));
+        mine
     }
 
     /// [`QueueInner::io_done`] for `n` requests at once, under one lock: up
-    /// to `n` waiting requests come back for the caller.
-    pub(crate) fn io_done_n(&self, n: usize) -> Vec<Request> {
-        let (mine, failed) = {
+    /// to `n` waiting requests are handed to `take` for the caller.
+    pub(crate) fn io_done_n(&self, n: usize, mut take: impl FnMut(Request)) {
+        let failed = {
             let mut st = self.lock();
             st.inflight = st.inflight.saturating_sub(n);
-            let mut mine = Vec::new();
-            while mine.len() < n && st.work_tx.is_some() {
+            for _ in 0..n {
+                if st.work_tx.is_none() {
+                    break;
+                }
                 match self.take_request(&mut st) {
-                    Some(rq) => mine.push(rq),
+                    Some(rq) => take(rq),
                     None => break,
                 }
             }
-            (mine, self.run_queue_locked(&mut st))
+            self.run_queue_locked(&mut st)
         };
         self.fail_requests(failed);
-        mine
     }
 
     /// Complete every bio of a request with `status` (unless a bio already

@@ -118,16 +118,18 @@ impl QueueInner {
             });
         };
         let profile = *store.profile();
-        // Data and tuples of overlapping requests change together.
-        let range = self
-            .ranges
-            .lock(rq.sector.0, rq.end_sector(), rq.op == ReqOp::Write);
+        // Data and tuples of overlapping requests change together; a read
+        // needs the range only if it will load tuples to verify against.
         if rq.op != ReqOp::Write {
+            let range = self
+                .verify_reads
+                .then(|| self.ranges.lock(rq.sector.0, rq.end_sector(), false));
             return Ok(IoCtx {
-                _range: Some(range),
+                _range: range,
                 ranges: Vec::new(),
             });
         }
+        let range = self.ranges.lock(rq.sector.0, rq.end_sector(), true);
         if preflush {
             store.flush()?;
         }

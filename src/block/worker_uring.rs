@@ -159,7 +159,7 @@ pub(crate) fn uring_worker_loop(
         }
         // Free this batch's dispatch slots and refill under one lock.
         if done > 0 {
-            ready.extend(q.io_done_n(done));
+            q.io_done_n(done, |rq| ready.push_back(rq));
         }
     }
 }
