@@ -15,19 +15,26 @@ use common::{pattern_page, read_pages};
 /// Format, write through a plug, flush, read back verified, discard,
 /// reopen and read again; then flip a data bit behind the engine's back and
 /// see a protection error.
-fn exercise(path: &std::path::Path, backend_kind: &str, io_mode: IoMode) {
+/// `path` opened with `O_DIRECT` (required) and formatted for crc32c-4k
+/// integrity.
+fn formatted_direct(path: &std::path::Path) -> Arc<dyn BlockBackend> {
     let opts = FileOptions {
         direct: DirectMode::Require,
         read_only: false,
     };
     let dev: Arc<dyn BlockBackend> = Arc::new(FileBackend::open(path, opts).unwrap());
-    assert_eq!(dev.info().kind, backend_kind);
     assert!(dev.info().direct_io);
     IntegrityStore::format(
         &*dev,
         IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
     )
     .unwrap();
+    dev
+}
+
+fn exercise(path: &std::path::Path, backend_kind: &str, io_mode: IoMode) {
+    let dev = formatted_direct(path);
+    assert_eq!(dev.info().kind, backend_kind);
     let config = QueueConfig {
         integrity: IntegrityMode::on(),
         io_mode,
@@ -125,16 +132,7 @@ fn the_engine_on_a_loop_block_device_through_io_uring() {
 fn io_uring_random_reads_and_overwrites_match_a_model() {
     // Many transfers in flight at once against a model of the device.
     let (_dir, image) = image("model.img");
-    let opts = FileOptions {
-        direct: DirectMode::Require,
-        read_only: false,
-    };
-    let dev: Arc<dyn BlockBackend> = Arc::new(FileBackend::open(&image, opts).unwrap());
-    IntegrityStore::format(
-        &*dev,
-        IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
-    )
-    .unwrap();
+    let dev = formatted_direct(&image);
     let config = QueueConfig {
         integrity: IntegrityMode::on(),
         io_mode: IoMode::Uring { depth: 16 },

@@ -191,11 +191,7 @@ impl BlockBackend for CheckedBackend {
 
 /// A page whose bytes are a function of (seed, position).
 pub fn pattern_page(seed: u64) -> Page {
-    let mut data = vec![0u8; PAGE_SIZE];
-    for (i, b) in data.iter_mut().enumerate() {
-        *b = (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8;
-    }
-    Page::from_slice(&data)
+    Page::from_slice(&super::pattern(seed, PAGE_SIZE))
 }
 
 /// Write `pages` at `sector` and wait.
