@@ -11,4 +11,5 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod block;
+pub mod format;
 pub mod sys;

@@ -1,0 +1,229 @@
+//! Filesystem blocks through the block engine: what mkfs, fsck and the
+//! journal use to read and write metadata. Every transfer is a bio on the
+//! device's [`Queue`], so reads are verified against their integrity tuples
+//! when the device has them.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::block::backend::{BlockBackend, DirectMode, FileBackend, FileOptions};
+use crate::block::integrity::layout;
+use crate::block::{
+    Bio, BlkStatus, IntegrityMode, IntegrityStore, Page, Queue, QueueConfig, ReqFlags, ReqOp,
+    Sector, SECTOR_SHIFT,
+};
+
+use super::{BLOCK_SIZE, BLOCK_SIZE_U64};
+
+/// Sectors per filesystem block.
+const BLOCK_SECTORS: u64 = BLOCK_SIZE_U64 >> SECTOR_SHIFT;
+/// Blocks per bio for multi-block transfers and zeroing.
+const MAX_BIO_BLOCKS: u64 = 256;
+
+/// How to open a device for the tools.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DevOptions {
+    pub read_only: bool,
+    /// Verify reads against integrity tuples (when the device has them).
+    pub verify: bool,
+}
+
+/// A device opened through the engine.
+pub struct Dev {
+    queue: Queue,
+    blocks: u64,
+    read_only: bool,
+}
+
+/// The `io::Error` for a failed bio: the errno's kind, and a message that
+/// names the block and says whether the data failed its integrity check.
+fn bio_error(what: &str, block: u64, status: BlkStatus) -> io::Error {
+    let detail = if status == BlkStatus::Protection {
+        "the data does not match its integrity checksum"
+    } else {
+        "I/O error"
+    };
+    let kind = io::Error::from_raw_os_error(status.to_errno().max(1)).kind();
+    io::Error::new(kind, format!("{what} of block {block}: {detail} ({status})"))
+}
+
+impl Dev {
+    /// Open the image or device at `path`. Its integrity store is used if it
+    /// has one (recovering it first if it was not shut down cleanly).
+    pub fn open(path: &Path, opts: DevOptions) -> io::Result<Dev> {
+        let backend = FileBackend::open(
+            path,
+            FileOptions {
+                direct: DirectMode::Auto,
+                read_only: opts.read_only,
+            },
+        )?;
+        Dev::from_backend(Arc::new(backend), opts)
+    }
+
+    /// Open over any backend.
+    pub fn from_backend(backend: Arc<dyn BlockBackend>, opts: DevOptions) -> io::Result<Dev> {
+        let profile = IntegrityStore::probe(&*backend)
+            .map_err(|e| io::Error::other(format!("integrity header: {e}")))?;
+        let has_store = profile.is_some();
+        let integrity = if has_store && !opts.read_only {
+            IntegrityMode::On {
+                verify_reads: opts.verify,
+                cache_bytes: 16 << 20,
+            }
+        } else {
+            // A read-only open can't mark the store in use or recover it;
+            // reads are then not verified (fsck -n says so).
+            IntegrityMode::Off
+        };
+        let config = QueueConfig {
+            integrity,
+            ..QueueConfig::default()
+        };
+        // The filesystem lives in the data area before the tuples, whether
+        // or not this open uses them.
+        let data_bytes = match &profile {
+            Some(p) => layout(backend.info().size_bytes, p)
+                .map(|l| l.data_sectors << SECTOR_SHIFT)
+                .map_err(|e| io::Error::other(format!("integrity layout: {e}")))?,
+            None => backend.info().size_bytes,
+        };
+        let queue = Queue::new(backend, config).map_err(|e| io::Error::other(e.to_string()))?;
+        let blocks = (queue.capacity() << SECTOR_SHIFT).min(data_bytes) / BLOCK_SIZE_U64;
+        Ok(Dev {
+            queue,
+            blocks,
+            read_only: opts.read_only,
+        })
+    }
+
+    /// Blocks the filesystem may use (the engine's data area).
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The engine queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn check(&self, block: u64, n: u64) -> io::Result<()> {
+        if block.checked_add(n).is_none_or(|end| end > self.blocks) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("blocks {block}+{n} are beyond the device's {} blocks", self.blocks),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read `n` blocks from `block` as pages.
+    pub fn read_pages(&self, block: u64, n: u64) -> io::Result<Vec<Page>> {
+        self.check(block, n)?;
+        let mut out = Vec::with_capacity(n as usize);
+        let mut b = block;
+        while b < block + n {
+            let k = (block + n - b).min(MAX_BIO_BLOCKS);
+            let mut bio = Bio::new(ReqOp::Read, Sector(b * BLOCK_SECTORS), k as usize);
+            for _ in 0..k {
+                bio.add_page(Page::new(), BLOCK_SIZE as u32, 0);
+            }
+            let mut done = self.queue.submit_bio_wait(bio);
+            if !done.status().is_ok() {
+                let at = done
+                    .error_sector()
+                    .map_or(b, |s| s.0 / BLOCK_SECTORS);
+                return Err(bio_error("read", at, done.status()));
+            }
+            out.extend(done.take_segments().into_iter().map(|s| s.page));
+            b += k;
+        }
+        Ok(out)
+    }
+
+    /// Read one block.
+    pub fn read_block(&self, block: u64) -> io::Result<Vec<u8>> {
+        let page = self.read_pages(block, 1)?.pop().unwrap_or_default();
+        Ok(page.as_slice().to_vec())
+    }
+
+    /// Write consecutive blocks from `block` (each `data` item one block).
+    pub fn write_blocks(&self, block: u64, data: &[&[u8]], fua: bool) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        self.check(block, data.len() as u64)?;
+        for (ci, chunk) in data.chunks(MAX_BIO_BLOCKS as usize).enumerate() {
+            let b = block + ci as u64 * MAX_BIO_BLOCKS;
+            let mut bio = Bio::new(ReqOp::Write, Sector(b * BLOCK_SECTORS), chunk.len());
+            for d in chunk {
+                if d.len() != BLOCK_SIZE {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a whole block"));
+                }
+                bio.add_page(Page::from_slice(d), BLOCK_SIZE as u32, 0);
+            }
+            if fua {
+                bio.add_flags(ReqFlags::FUA);
+            }
+            let done = self.queue.submit_bio_wait(bio);
+            if !done.status().is_ok() {
+                return Err(bio_error("write", b, done.status()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write one block.
+    pub fn write_block(&self, block: u64, data: &[u8]) -> io::Result<()> {
+        self.write_blocks(block, &[data], false)
+    }
+
+    /// Make `n` blocks from `block` read as zeros (write-zeroes: cheap on
+    /// image files and on devices that support it).
+    pub fn zero_blocks(&self, block: u64, n: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        self.check(block, n)?;
+        let chunk = 1u64 << 18; // 1 GiB of blocks per bio
+        let mut b = block;
+        while b < block + n {
+            let k = (block + n - b).min(chunk);
+            let bio = Bio::new_range(
+                ReqOp::WriteZeroes,
+                Sector(b * BLOCK_SECTORS),
+                (k * BLOCK_SECTORS) as u32,
+            );
+            let done = self.queue.submit_bio_wait(bio);
+            if !done.status().is_ok() {
+                return Err(bio_error("zeroing", b, done.status()));
+            }
+            b += k;
+        }
+        Ok(())
+    }
+
+    /// Flush the device's write cache.
+    pub fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let done = self.queue.submit_bio_wait(Bio::new_flush());
+        if done.status().is_ok() {
+            Ok(())
+        } else {
+            Err(bio_error("flush", 0, done.status()))
+        }
+    }
+
+    /// Flush and stop the engine (marking its integrity store clean).
+    pub fn close(self) -> io::Result<()> {
+        self.flush()?;
+        self.queue.shutdown()
+    }
+}

@@ -1,0 +1,60 @@
+//! Why on-disk bytes were refused.
+
+use std::io;
+
+/// A decoding or validation failure, or an I/O error, naming what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// A structure's magic number is wrong: not what it claims to be.
+    #[error("{what} at block {block}: bad magic")]
+    BadMagic { what: &'static str, block: u64 },
+    /// The stored checksum does not match the contents.
+    #[error("{what} {nr}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadChecksum {
+        what: &'static str,
+        nr: u64,
+        stored: u32,
+        computed: u32,
+    },
+    /// A field holds a value that is out of range or inconsistent.
+    #[error("{what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+    /// Features this build does not know.
+    #[error("unsupported {kind} features {bits:#x}; this biofs is too old for the filesystem")]
+    Unsupported { kind: &'static str, bits: u32 },
+    /// The device could not be read or written.
+    #[error("{what} at block {block}: {source}")]
+    Io {
+        what: &'static str,
+        block: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FormatError {
+    /// An [`FormatError::Invalid`] with a formatted detail.
+    pub fn invalid(what: &'static str, detail: impl Into<String>) -> FormatError {
+        FormatError::Invalid {
+            what,
+            detail: detail.into(),
+        }
+    }
+
+    /// An [`FormatError::Io`].
+    pub fn io(what: &'static str, block: u64, source: io::Error) -> FormatError {
+        FormatError::Io {
+            what,
+            block,
+            source,
+        }
+    }
+
+    /// True for damage to the bytes (as opposed to an I/O failure).
+    pub fn is_corruption(&self) -> bool {
+        !matches!(self, FormatError::Io { .. })
+    }
+}
+
+/// A shorthand for results of this module.
+pub type Result<T> = std::result::Result<T, FormatError>;

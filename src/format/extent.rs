@@ -1,0 +1,321 @@
+//! Extent trees: a file's logical blocks mapped to runs of physical blocks.
+//!
+//! The root lives in the inode (5 extents or 7 index entries); below it,
+//! nodes are whole blocks (169 extents or 254 index entries), to any depth
+//! up to [`MAX_DEPTH`]. Leaves hold extents sorted by logical block, never
+//! overlapping; index entries point to a child node with the lowest logical
+//! block it maps.
+
+use super::codec::{Reader, Writer};
+use super::error::{FormatError, Result};
+use super::{block_csum, BLOCKS_PER_GROUP, BLOCK_SIZE, MAX_FILE_BLOCKS};
+
+/// Magic of an extent node.
+pub const MAGIC: u16 = 0xEB10;
+/// Deepest tree (root at this depth, leaves at 0); 169 * 254^4 extents.
+pub const MAX_DEPTH: u16 = 5;
+/// Bytes of the inline root in the inode.
+pub const INLINE_EXTENT_BYTES: usize = 128;
+/// Header of the inline root.
+const INLINE_HDR: usize = 8;
+/// Header of a node block.
+const BLOCK_HDR: usize = 24;
+const BLOCK_CSUM_OFF: usize = 16;
+const EXTENT_BYTES: usize = 24;
+const INDEX_BYTES: usize = 16;
+/// Longest extent: one group's blocks.
+pub const MAX_EXTENT_LEN: u32 = BLOCKS_PER_GROUP;
+/// Flag of an extent whose blocks are allocated but read as zeros.
+const EXTENT_UNWRITTEN: u32 = 1;
+
+/// A run of `len` blocks of the file from `logical`, stored from `physical`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub logical: u64,
+    pub physical: u64,
+    pub len: u32,
+    /// Allocated by fallocate and never written: reads return zeros.
+    pub unwritten: bool,
+}
+
+impl Extent {
+    pub fn logical_end(&self) -> u64 {
+        self.logical + u64::from(self.len)
+    }
+    pub fn physical_end(&self) -> u64 {
+        self.physical + u64::from(self.len)
+    }
+}
+
+/// An entry of an interior node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Lowest logical block mapped below.
+    pub logical: u64,
+    /// The child node's block.
+    pub child: u64,
+}
+
+/// One node of the tree: a leaf of extents or an interior node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtentNode {
+    Leaf(Vec<Extent>),
+    Index { depth: u16, entries: Vec<IndexEntry> },
+}
+
+impl ExtentNode {
+    /// The empty root of a new file.
+    pub fn empty_inline() -> ExtentNode {
+        ExtentNode::Leaf(Vec::new())
+    }
+
+    pub fn depth(&self) -> u16 {
+        match self {
+            ExtentNode::Leaf(_) => 0,
+            ExtentNode::Index { depth, .. } => *depth,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            ExtentNode::Leaf(e) => e.len(),
+            ExtentNode::Index { entries, .. } => entries.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The extents of a leaf; `None` for an interior node.
+    pub fn extents_mut(&mut self) -> Option<&mut Vec<Extent>> {
+        match self {
+            ExtentNode::Leaf(e) => Some(e),
+            ExtentNode::Index { .. } => None,
+        }
+    }
+
+    /// Most entries of this kind of node inline (`inline`) or in a block.
+    pub fn capacity(leaf: bool, inline: bool) -> usize {
+        let room = if inline {
+            INLINE_EXTENT_BYTES - INLINE_HDR
+        } else {
+            BLOCK_SIZE - BLOCK_HDR
+        };
+        room / if leaf { EXTENT_BYTES } else { INDEX_BYTES }
+    }
+
+    fn encode_entries(&self, out: &mut [u8], hdr: usize, max: usize) {
+        let mut w = Writer(out);
+        w.u16(0, MAGIC);
+        w.u16(2, self.len() as u16);
+        w.u16(4, max as u16);
+        w.u16(6, self.depth());
+        match self {
+            ExtentNode::Leaf(es) => {
+                for (i, e) in es.iter().enumerate().take(max) {
+                    let o = hdr + i * EXTENT_BYTES;
+                    w.u64(o, e.logical);
+                    w.u64(o + 8, e.physical);
+                    w.u32(o + 16, e.len);
+                    w.u32(o + 20, if e.unwritten { EXTENT_UNWRITTEN } else { 0 });
+                }
+            }
+            ExtentNode::Index { entries, .. } => {
+                for (i, e) in entries.iter().enumerate().take(max) {
+                    let o = hdr + i * INDEX_BYTES;
+                    w.u64(o, e.logical);
+                    w.u64(o + 8, e.child);
+                }
+            }
+        }
+    }
+
+    fn decode_entries(raw: &[u8], hdr: usize, inline: bool) -> Result<ExtentNode> {
+        let r = Reader(raw);
+        if r.u16(0) != MAGIC {
+            return Err(FormatError::invalid("extent node", "bad magic"));
+        }
+        let (count, max, depth) = (r.u16(2) as usize, r.u16(4) as usize, r.u16(6));
+        if depth > MAX_DEPTH {
+            return Err(FormatError::invalid("extent node", format!("depth {depth}")));
+        }
+        let leaf = depth == 0;
+        if max != ExtentNode::capacity(leaf, inline) || count > max {
+            return Err(FormatError::invalid(
+                "extent node",
+                format!("{count} entries of at most {max}"),
+            ));
+        }
+        if leaf {
+            let mut es = Vec::with_capacity(count);
+            for i in 0..count {
+                let o = hdr + i * EXTENT_BYTES;
+                let flags = r.u32(o + 20);
+                let e = Extent {
+                    logical: r.u64(o),
+                    physical: r.u64(o + 8),
+                    len: r.u32(o + 16),
+                    unwritten: flags & EXTENT_UNWRITTEN != 0,
+                };
+                if flags & !EXTENT_UNWRITTEN != 0
+                    || e.len == 0
+                    || e.len > MAX_EXTENT_LEN
+                    || e.physical == 0
+                    || e.logical >= MAX_FILE_BLOCKS
+                    || e.logical_end() > MAX_FILE_BLOCKS
+                {
+                    return Err(FormatError::invalid("extent", format!("entry {i}: {e:?}")));
+                }
+                if let Some(prev) = es.last() {
+                    let prev: &Extent = prev;
+                    if prev.logical_end() > e.logical {
+                        return Err(FormatError::invalid(
+                            "extent",
+                            format!("entry {i} at {} overlaps or precedes {:?}", e.logical, prev),
+                        ));
+                    }
+                }
+                es.push(e);
+            }
+            Ok(ExtentNode::Leaf(es))
+        } else {
+            let mut entries = Vec::with_capacity(count);
+            for i in 0..count {
+                let o = hdr + i * INDEX_BYTES;
+                let e = IndexEntry {
+                    logical: r.u64(o),
+                    child: r.u64(o + 8),
+                };
+                if e.child == 0 || e.logical >= MAX_FILE_BLOCKS {
+                    return Err(FormatError::invalid("extent index", format!("entry {i}: {e:?}")));
+                }
+                if entries.last().is_some_and(|p: &IndexEntry| p.logical >= e.logical) {
+                    return Err(FormatError::invalid("extent index", format!("entry {i} out of order")));
+                }
+                entries.push(e);
+            }
+            if entries.is_empty() {
+                return Err(FormatError::invalid("extent index", "an interior node with no entries"));
+            }
+            Ok(ExtentNode::Index { depth, entries })
+        }
+    }
+
+    /// Encode as an inode's inline root (`INLINE_EXTENT_BYTES`).
+    pub fn encode_inline(&self, out: &mut [u8]) {
+        let max = ExtentNode::capacity(self.depth() == 0, true);
+        self.encode_entries(&mut out[..INLINE_EXTENT_BYTES], INLINE_HDR, max);
+    }
+
+    pub fn decode_inline(raw: &[u8]) -> Result<ExtentNode> {
+        if raw.len() < INLINE_EXTENT_BYTES {
+            return Err(FormatError::invalid("extent root", "short"));
+        }
+        ExtentNode::decode_entries(&raw[..INLINE_EXTENT_BYTES], INLINE_HDR, true)
+    }
+
+    /// Encode as node block `block` of inode `owner`.
+    pub fn encode_block(&self, seed: u32, block: u64, owner: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        let max = ExtentNode::capacity(self.depth() == 0, false);
+        self.encode_entries(&mut buf, BLOCK_HDR, max);
+        Writer(&mut buf).u64(8, owner);
+        let csum = block_csum(seed, block, &buf, BLOCK_CSUM_OFF);
+        Writer(&mut buf).u32(BLOCK_CSUM_OFF, csum);
+        buf
+    }
+
+    /// Decode node block `block`, which must belong to inode `owner`.
+    pub fn decode_block(seed: u32, block: u64, owner: u64, raw: &[u8]) -> Result<ExtentNode> {
+        if raw.len() < BLOCK_SIZE {
+            return Err(FormatError::invalid("extent block", "short"));
+        }
+        let r = Reader(raw);
+        if r.u16(0) != MAGIC {
+            return Err(FormatError::BadMagic {
+                what: "extent block",
+                block,
+            });
+        }
+        let stored = r.u32(BLOCK_CSUM_OFF);
+        let computed = block_csum(seed, block, raw, BLOCK_CSUM_OFF);
+        if stored != computed {
+            return Err(FormatError::BadChecksum {
+                what: "extent block",
+                nr: block,
+                stored,
+                computed,
+            });
+        }
+        if r.u64(8) != owner {
+            return Err(FormatError::invalid(
+                "extent block",
+                format!("block {block} belongs to inode {}, not {owner}", r.u64(8)),
+            ));
+        }
+        ExtentNode::decode_entries(&raw[..BLOCK_SIZE], BLOCK_HDR, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(logical: u64, physical: u64, len: u32) -> Extent {
+        Extent {
+            logical,
+            physical,
+            len,
+            unwritten: false,
+        }
+    }
+
+    #[test]
+    fn capacities() {
+        assert_eq!(ExtentNode::capacity(true, true), 5);
+        assert_eq!(ExtentNode::capacity(false, true), 7);
+        assert_eq!(ExtentNode::capacity(true, false), 169);
+        assert_eq!(ExtentNode::capacity(false, false), 254);
+    }
+
+    #[test]
+    fn round_trips() {
+        let leaf = ExtentNode::Leaf(vec![
+            ext(0, 100, 8),
+            Extent {
+                unwritten: true,
+                ..ext(8, 500, 1)
+            },
+        ]);
+        let mut raw = [0u8; INLINE_EXTENT_BYTES];
+        leaf.encode_inline(&mut raw);
+        assert_eq!(ExtentNode::decode_inline(&raw).unwrap(), leaf);
+        let idx = ExtentNode::Index {
+            depth: 2,
+            entries: vec![
+                IndexEntry { logical: 0, child: 7 },
+                IndexEntry { logical: 900, child: 8 },
+            ],
+        };
+        let b = idx.encode_block(3, 77, 12);
+        assert_eq!(ExtentNode::decode_block(3, 77, 12, &b).unwrap(), idx);
+        assert!(ExtentNode::decode_block(3, 77, 13, &b).is_err(), "wrong owner");
+        assert!(ExtentNode::decode_block(3, 78, 12, &b).is_err(), "misplaced");
+    }
+
+    #[test]
+    fn overlapping_or_zero_length_extents_are_refused() {
+        for bad in [
+            vec![ext(0, 100, 8), ext(7, 200, 1)],
+            vec![ext(5, 100, 1), ext(0, 200, 1)],
+            vec![ext(0, 100, 0)],
+            vec![ext(0, 0, 1)],
+            vec![ext(MAX_FILE_BLOCKS - 1, 10, 2)],
+        ] {
+            let mut raw = [0u8; INLINE_EXTENT_BYTES];
+            ExtentNode::Leaf(bad.clone()).encode_inline(&mut raw);
+            assert!(ExtentNode::decode_inline(&raw).is_err(), "{bad:?}");
+        }
+    }
+}
