@@ -45,7 +45,10 @@ fn bio_error(what: &str, block: u64, status: BlkStatus) -> io::Error {
         "I/O error"
     };
     let kind = io::Error::from_raw_os_error(status.to_errno().max(1)).kind();
-    io::Error::new(kind, format!("{what} of block {block}: {detail} ({status})"))
+    io::Error::new(
+        kind,
+        format!("{what} of block {block}: {detail} ({status})"),
+    )
 }
 
 impl Dev {
@@ -116,7 +119,10 @@ impl Dev {
         if block.checked_add(n).is_none_or(|end| end > self.blocks) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("blocks {block}+{n} are beyond the device's {} blocks", self.blocks),
+                format!(
+                    "blocks {block}+{n} are beyond the device's {} blocks",
+                    self.blocks
+                ),
             ));
         }
         Ok(())
@@ -135,9 +141,7 @@ impl Dev {
             }
             let mut done = self.queue.submit_bio_wait(bio);
             if !done.status().is_ok() {
-                let at = done
-                    .error_sector()
-                    .map_or(b, |s| s.0 / BLOCK_SECTORS);
+                let at = done.error_sector().map_or(b, |s| s.0 / BLOCK_SECTORS);
                 return Err(bio_error("read", at, done.status()));
             }
             out.extend(done.take_segments().into_iter().map(|s| s.page));
@@ -163,7 +167,10 @@ impl Dev {
             let mut bio = Bio::new(ReqOp::Write, Sector(b * BLOCK_SECTORS), chunk.len());
             for d in chunk {
                 if d.len() != BLOCK_SIZE {
-                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a whole block"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not a whole block",
+                    ));
                 }
                 bio.add_page(Page::from_slice(d), BLOCK_SIZE as u32, 0);
             }

@@ -172,7 +172,13 @@ impl DirNode {
     /// Decode the block at physical `block` of directory `owner`, checking
     /// its checksum, owner, that every name is valid and hashes (with
     /// `hash_seed`) to its stored hash, and the order of the entries.
-    pub fn decode(seed: u32, hash_seed: u64, block: u64, owner: u64, raw: &[u8]) -> Result<DirNode> {
+    pub fn decode(
+        seed: u32,
+        hash_seed: u64,
+        block: u64,
+        owner: u64,
+        raw: &[u8],
+    ) -> Result<DirNode> {
         if raw.len() < BLOCK_SIZE {
             return Err(FormatError::invalid("directory block", "short"));
         }
@@ -194,7 +200,8 @@ impl DirNode {
                 computed,
             });
         }
-        let bad = |d: String| FormatError::invalid("directory block", format!("block {block}: {d}"));
+        let bad =
+            |d: String| FormatError::invalid("directory block", format!("block {block}: {d}"));
         if r.u64(8) != owner {
             return Err(bad(format!("belongs to inode {}, not {owner}", r.u64(8))));
         }
@@ -223,7 +230,10 @@ impl DirNode {
                 let ftype = FileType::from_dirent_type(t)
                     .ok_or_else(|| bad(format!("entry {i}: type {t}")))?;
                 if !valid_name(name) {
-                    return Err(bad(format!("entry {i}: invalid name {:?}", String::from_utf8_lossy(name))));
+                    return Err(bad(format!(
+                        "entry {i}: invalid name {:?}",
+                        String::from_utf8_lossy(name)
+                    )));
                 }
                 if ino == 0 {
                     return Err(bad(format!("entry {i}: inode 0")));
@@ -247,7 +257,11 @@ impl DirNode {
                 entries.push(e);
             }
             if off != end {
-                return Err(bad(format!("{} bytes used, entries take {}", used, off - HDR)));
+                return Err(bad(format!(
+                    "{} bytes used, entries take {}",
+                    used,
+                    off - HDR
+                )));
             }
             Ok(DirNode::Leaf {
                 next: r.u64(24),
@@ -256,7 +270,9 @@ impl DirNode {
         } else {
             let depth = r.u16(4);
             if depth == 0 || depth > MAX_DEPTH || count == 0 || count * NODE_ENTRY != used {
-                return Err(bad(format!("interior node: depth {depth}, {count} entries, {used} bytes")));
+                return Err(bad(format!(
+                    "interior node: depth {depth}, {count} entries, {used} bytes"
+                )));
             }
             let mut entries: Vec<NodeEntry> = Vec::with_capacity(count);
             for i in 0..count {
@@ -300,10 +316,16 @@ mod tests {
         assert!(leaf.fits());
         let raw = leaf.encode(5, 100, 12);
         assert_eq!(DirNode::decode(5, 9, 100, 12, &raw).unwrap(), leaf);
-        assert!(DirNode::decode(5, 8, 100, 12, &raw).is_err(), "other hash seed");
+        assert!(
+            DirNode::decode(5, 8, 100, 12, &raw).is_err(),
+            "other hash seed"
+        );
         let node = DirNode::Node {
             depth: 1,
-            entries: vec![NodeEntry { hash: 0, child: 1 }, NodeEntry { hash: 99, child: 2 }],
+            entries: vec![
+                NodeEntry { hash: 0, child: 1 },
+                NodeEntry { hash: 99, child: 2 },
+            ],
         };
         let raw = node.encode(5, 101, 12);
         assert_eq!(DirNode::decode(5, 9, 101, 12, &raw).unwrap(), node);

@@ -60,7 +60,10 @@ pub struct IndexEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExtentNode {
     Leaf(Vec<Extent>),
-    Index { depth: u16, entries: Vec<IndexEntry> },
+    Index {
+        depth: u16,
+        entries: Vec<IndexEntry>,
+    },
 }
 
 impl ExtentNode {
@@ -138,7 +141,10 @@ impl ExtentNode {
         }
         let (count, max, depth) = (r.u16(2) as usize, r.u16(4) as usize, r.u16(6));
         if depth > MAX_DEPTH {
-            return Err(FormatError::invalid("extent node", format!("depth {depth}")));
+            return Err(FormatError::invalid(
+                "extent node",
+                format!("depth {depth}"),
+            ));
         }
         let leaf = depth == 0;
         if max != ExtentNode::capacity(leaf, inline) || count > max {
@@ -188,15 +194,27 @@ impl ExtentNode {
                     child: r.u64(o + 8),
                 };
                 if e.child == 0 || e.logical >= MAX_FILE_BLOCKS {
-                    return Err(FormatError::invalid("extent index", format!("entry {i}: {e:?}")));
+                    return Err(FormatError::invalid(
+                        "extent index",
+                        format!("entry {i}: {e:?}"),
+                    ));
                 }
-                if entries.last().is_some_and(|p: &IndexEntry| p.logical >= e.logical) {
-                    return Err(FormatError::invalid("extent index", format!("entry {i} out of order")));
+                if entries
+                    .last()
+                    .is_some_and(|p: &IndexEntry| p.logical >= e.logical)
+                {
+                    return Err(FormatError::invalid(
+                        "extent index",
+                        format!("entry {i} out of order"),
+                    ));
                 }
                 entries.push(e);
             }
             if entries.is_empty() {
-                return Err(FormatError::invalid("extent index", "an interior node with no entries"));
+                return Err(FormatError::invalid(
+                    "extent index",
+                    "an interior node with no entries",
+                ));
             }
             Ok(ExtentNode::Index { depth, entries })
         }
@@ -294,14 +312,26 @@ mod tests {
         let idx = ExtentNode::Index {
             depth: 2,
             entries: vec![
-                IndexEntry { logical: 0, child: 7 },
-                IndexEntry { logical: 900, child: 8 },
+                IndexEntry {
+                    logical: 0,
+                    child: 7,
+                },
+                IndexEntry {
+                    logical: 900,
+                    child: 8,
+                },
             ],
         };
         let b = idx.encode_block(3, 77, 12);
         assert_eq!(ExtentNode::decode_block(3, 77, 12, &b).unwrap(), idx);
-        assert!(ExtentNode::decode_block(3, 77, 13, &b).is_err(), "wrong owner");
-        assert!(ExtentNode::decode_block(3, 78, 12, &b).is_err(), "misplaced");
+        assert!(
+            ExtentNode::decode_block(3, 77, 13, &b).is_err(),
+            "wrong owner"
+        );
+        assert!(
+            ExtentNode::decode_block(3, 78, 12, &b).is_err(),
+            "misplaced"
+        );
     }
 
     #[test]

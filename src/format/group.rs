@@ -115,6 +115,30 @@ impl GroupDesc {
     }
 }
 
+/// Checksum of a bitmap block at `block` as stored in its descriptor.
+pub fn bitmap_csum(seed: u32, block: u64, data: &[u8]) -> u32 {
+    meta_csum(seed, block, data)
+}
+
+/// The block bitmap of an uninitialised group `g`: its bitmaps and inode
+/// table in use, and the bits past the end of a short group set.
+pub fn uninit_block_bitmap(geo: &Geometry, g: u32) -> Vec<u8> {
+    let mut map = vec![0u8; super::BLOCK_SIZE];
+    super::bitmap::set_range(&mut map, 0, geo.group_meta_blocks() as usize);
+    let n = geo.group_blocks(g) as usize;
+    super::bitmap::set_range(&mut map, n, super::BLOCKS_PER_GROUP as usize - n);
+    map
+}
+
+/// The inode bitmap of an uninitialised group: all free, the bits past
+/// `inodes_per_group` set.
+pub fn uninit_inode_bitmap(geo: &Geometry) -> Vec<u8> {
+    let mut map = vec![0u8; super::BLOCK_SIZE];
+    let n = geo.inodes_per_group as usize;
+    super::bitmap::set_range(&mut map, n, super::BLOCKS_PER_GROUP as usize - n);
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,7 +90,10 @@ impl FileType {
 
     /// True for types whose contents live in blocks mapped by extents.
     pub fn has_extents(self) -> bool {
-        matches!(self, FileType::Regular | FileType::Directory | FileType::Symlink)
+        matches!(
+            self,
+            FileType::Regular | FileType::Directory | FileType::Symlink
+        )
     }
 }
 
@@ -268,8 +271,7 @@ impl Inode {
             InodeData::Symlink(area[..size as usize].to_vec())
         } else if ft.has_extents() {
             InodeData::Extents(
-                ExtentNode::decode_inline(area)
-                    .map_err(|e| bad(format!("extent root: {e}")))?,
+                ExtentNode::decode_inline(area).map_err(|e| bad(format!("extent root: {e}")))?,
             )
         } else {
             if area.iter().any(|&b| b != 0) {

@@ -83,7 +83,10 @@ impl JournalSuper {
         if j.len != expect_len || j.start >= j.len || r.u32(8) as usize != BLOCK_SIZE {
             return Err(FormatError::invalid(
                 "journal superblock",
-                format!("length {} (superblock says {expect_len}), start {}", j.len, j.start),
+                format!(
+                    "length {} (superblock says {expect_len}), start {}",
+                    j.len, j.start
+                ),
             ));
         }
         Ok(j)
@@ -105,7 +108,14 @@ fn encode_log(seed: u32, block: u64, seq: u64, b: &LogBlock) -> Vec<u8> {
     w.u64(8, seq);
     match b {
         LogBlock::Descriptor(tags) | LogBlock::Revoke(tags) => {
-            w.u32(4, if matches!(b, LogBlock::Descriptor(_)) { T_DESCRIPTOR } else { T_REVOKE });
+            w.u32(
+                4,
+                if matches!(b, LogBlock::Descriptor(_)) {
+                    T_DESCRIPTOR
+                } else {
+                    T_REVOKE
+                },
+            );
             w.u32(16, tags.len() as u32);
             for (i, t) in tags.iter().enumerate().take(TAGS_PER_BLOCK) {
                 w.u64(HDR + i * 8, *t);
@@ -250,12 +260,18 @@ impl Journal {
         if used + need >= self.sb.len - 1 {
             return Err(FormatError::invalid(
                 "journal",
-                format!("a transaction of {need} blocks does not fit ({used} of {} in use)", self.sb.len - 1),
+                format!(
+                    "a transaction of {need} blocks does not fit ({used} of {} in use)",
+                    self.sb.len - 1
+                ),
             ));
         }
         for &(b, ref data) in blocks {
             if !self.target_ok(b) || data.len() != BLOCK_SIZE {
-                return Err(FormatError::invalid("journal", format!("can't log block {b}")));
+                return Err(FormatError::invalid(
+                    "journal",
+                    format!("can't log block {b}"),
+                ));
             }
         }
         let seq = self.next_seq;
@@ -266,8 +282,11 @@ impl Journal {
         for chunk in blocks.chunks(TAGS_PER_BLOCK) {
             let tags = chunk.iter().map(|(b, _)| *b).collect();
             let at = self.log_block(pos);
-            dev.write_block(at, &encode_log(self.seed, at, seq, &LogBlock::Descriptor(tags)))
-                .map_err(|e| io(e, at))?;
+            dev.write_block(
+                at,
+                &encode_log(self.seed, at, seq, &LogBlock::Descriptor(tags)),
+            )
+            .map_err(|e| io(e, at))?;
             pos = self.next(pos);
             for (_, data) in chunk {
                 let at = self.log_block(pos);
@@ -278,8 +297,11 @@ impl Journal {
         }
         for chunk in revokes.chunks(TAGS_PER_BLOCK) {
             let at = self.log_block(pos);
-            dev.write_block(at, &encode_log(self.seed, at, seq, &LogBlock::Revoke(chunk.to_vec())))
-                .map_err(|e| io(e, at))?;
+            dev.write_block(
+                at,
+                &encode_log(self.seed, at, seq, &LogBlock::Revoke(chunk.to_vec())),
+            )
+            .map_err(|e| io(e, at))?;
             pos = self.next(pos);
         }
         dev.flush().map_err(|e| io(e, self.area))?;
@@ -299,7 +321,8 @@ impl Journal {
                 data_crc: crc,
             },
         );
-        dev.write_blocks(at, &[&commit], true).map_err(|e| io(e, at))?;
+        dev.write_blocks(at, &[&commit], true)
+            .map_err(|e| io(e, at))?;
         self.head = self.next(pos);
         self.next_seq = seq + 1;
         Ok(seq)

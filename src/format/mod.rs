@@ -27,9 +27,12 @@ pub mod error;
 pub mod extent;
 pub mod geometry;
 pub mod group;
+pub mod image;
 pub mod inode;
 pub mod journal;
+pub mod mkfs;
 pub mod superblock;
+pub mod units;
 pub mod xattr;
 
 pub use error::FormatError;

@@ -73,7 +73,11 @@ pub struct Superblock {
 impl Superblock {
     /// The layout these fields describe (validated by [`Superblock::decode`]).
     pub fn geometry(&self) -> Result<Geometry> {
-        let g = Geometry::new(self.blocks_count, self.inodes_per_group, self.journal_blocks)?;
+        let g = Geometry::new(
+            self.blocks_count,
+            self.inodes_per_group,
+            self.journal_blocks,
+        )?;
         let ours = (
             g.blocks_count,
             g.gdt_start,
@@ -222,7 +226,10 @@ impl Superblock {
         if r.u32(12) as usize != BLOCK_SIZE {
             return Err(FormatError::invalid(
                 "superblock",
-                format!("block size {} (this build supports {BLOCK_SIZE})", r.u32(12)),
+                format!(
+                    "block size {} (this build supports {BLOCK_SIZE})",
+                    r.u32(12)
+                ),
             ));
         }
         if r.u16(30) as usize != INODE_SIZE || r.u32(144) != BLOCKS_PER_GROUP {
@@ -243,7 +250,10 @@ impl Superblock {
             });
         }
         let label_bytes = &buf[48..48 + LABEL_MAX];
-        let end = label_bytes.iter().position(|&b| b == 0).unwrap_or(LABEL_MAX);
+        let end = label_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(LABEL_MAX);
         let label = String::from_utf8_lossy(&label_bytes[..end]).into_owned();
         let sb = Superblock {
             version,
@@ -277,13 +287,19 @@ impl Superblock {
             integrity_checksum: r.u16(276),
         };
         if sb.blocks_count > MAX_BLOCKS {
-            return Err(FormatError::invalid("superblock", "block count out of range"));
+            return Err(FormatError::invalid(
+                "superblock",
+                "block count out of range",
+            ));
         }
         let g = sb.geometry()?;
         if sb.root_ino != super::ROOT_INO || !g.ino_valid(sb.lost_found_ino) {
             return Err(FormatError::invalid(
                 "superblock",
-                format!("root inode {} / lost+found {}", sb.root_ino, sb.lost_found_ino),
+                format!(
+                    "root inode {} / lost+found {}",
+                    sb.root_ino, sb.lost_found_ino
+                ),
             ));
         }
         if sb.orphan_head != 0 && !g.ino_valid(sb.orphan_head) {

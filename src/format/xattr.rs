@@ -48,7 +48,12 @@ impl Namespace {
 
     /// Split a full attribute name into namespace and the rest.
     pub fn split(full: &[u8]) -> Option<(Namespace, &[u8])> {
-        for ns in [Namespace::User, Namespace::Trusted, Namespace::Security, Namespace::System] {
+        for ns in [
+            Namespace::User,
+            Namespace::Trusted,
+            Namespace::Security,
+            Namespace::System,
+        ] {
             if let Some(rest) = full.strip_prefix(ns.prefix().as_bytes()) {
                 return Some((ns, rest));
             }
@@ -88,7 +93,10 @@ pub fn fits(attrs: &[Xattr]) -> bool {
 /// Fails if they don't fit or a name or value is too long.
 pub fn encode(seed: u32, block: u64, owner: u64, attrs: &[Xattr]) -> Result<Vec<u8>> {
     if !fits(attrs) {
-        return Err(FormatError::invalid("xattr block", "attributes don't fit one block"));
+        return Err(FormatError::invalid(
+            "xattr block",
+            "attributes don't fit one block",
+        ));
     }
     let mut buf = vec![0u8; BLOCK_SIZE];
     let mut w = Writer(&mut buf);
@@ -98,7 +106,10 @@ pub fn encode(seed: u32, block: u64, owner: u64, attrs: &[Xattr]) -> Result<Vec<
     let mut off = HDR;
     for a in attrs {
         if a.name.is_empty() || a.name.len() > 255 || a.value.len() > SPACE {
-            return Err(FormatError::invalid("xattr", "name or value size out of range"));
+            return Err(FormatError::invalid(
+                "xattr",
+                "name or value size out of range",
+            ));
         }
         w.u8(off, a.ns as u8);
         w.u8(off + 1, a.name.len() as u8);
@@ -150,7 +161,8 @@ pub fn decode(seed: u32, block: u64, owner: u64, raw: &[u8]) -> Result<Vec<Xattr
         if off + ENTRY_FIXED > end {
             return Err(bad(format!("entry {i} runs past the used bytes")));
         }
-        let ns = Namespace::from_byte(r.u8(off)).ok_or_else(|| bad(format!("entry {i}: namespace")))?;
+        let ns =
+            Namespace::from_byte(r.u8(off)).ok_or_else(|| bad(format!("entry {i}: namespace")))?;
         let (nl, vl) = (r.u8(off + 1) as usize, r.u16(off + 2) as usize);
         let body = off + ENTRY_FIXED;
         if nl == 0 || body + nl + vl > end {
@@ -161,7 +173,10 @@ pub fn decode(seed: u32, block: u64, owner: u64, raw: &[u8]) -> Result<Vec<Xattr
             name: raw[body..body + nl].to_vec(),
             value: raw[body + nl..body + nl + vl].to_vec(),
         };
-        if out.last().is_some_and(|p| (p.ns, &p.name) >= (a.ns, &a.name)) {
+        if out
+            .last()
+            .is_some_and(|p| (p.ns, &p.name) >= (a.ns, &a.name))
+        {
             return Err(bad(format!("entry {i} out of order")));
         }
         off = body + nl + vl;

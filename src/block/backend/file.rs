@@ -343,10 +343,15 @@ impl BlockBackend for FileBackend {
         let res = if self.block_device {
             sys::blk_zeroout(&self.file, offset, len)
         } else {
-            match sys::zero_range(&self.file, offset, len) {
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                    self.write_zero_pages(offset, len)
-                }
+            // Punching keeps a sparse image sparse (zeroing a 1 GiB tuple
+            // region of a 1 TiB image must not allocate 1 GiB);
+            // ZERO_RANGE allocates, so it is only the fallback.
+            let unsupported = |e: &io::Error| e.raw_os_error() == Some(libc::EOPNOTSUPP);
+            match sys::punch_hole(&self.file, offset, len) {
+                Err(e) if unsupported(&e) => match sys::zero_range(&self.file, offset, len) {
+                    Err(e) if unsupported(&e) => self.write_zero_pages(offset, len),
+                    other => other,
+                },
                 other => other,
             }
         };

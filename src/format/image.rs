@@ -1,0 +1,530 @@
+//! Reading and writing a filesystem's metadata by structure: the
+//! superblock (or its backup), group descriptors, bitmaps, inodes, extent
+//! trees and directories. Used by fsck, by tests, and by `mkfs -d`.
+//!
+//! Everything read is validated; damaged structures come back as errors or
+//! as problems listed beside what could be read, never as a panic.
+
+use std::collections::BTreeMap;
+
+use super::dev::Dev;
+use super::dir::{DirEntry, DirNode, NodeEntry, ENTRY_SPACE, NODE_ENTRY};
+use super::error::{FormatError, Result};
+use super::extent::{Extent, ExtentNode, IndexEntry, MAX_DEPTH};
+use super::geometry::Geometry;
+use super::group::{bitmap_csum, uninit_block_bitmap, uninit_inode_bitmap, GroupDesc};
+use super::inode::{Inode, InodeData};
+use super::superblock::Superblock;
+use super::{BLOCK_SIZE, BLOCK_SIZE_U64, INODE_SIZE};
+
+/// How far from the device's end mkfs may have left the backup superblock
+/// (a dropped tail group is at most this long).
+const BACKUP_SEARCH: u64 = 2 + 1024 + 16 + 1;
+
+/// An open filesystem image.
+pub struct Image<'d> {
+    pub dev: &'d Dev,
+    pub sb: Superblock,
+    pub geo: Geometry,
+    pub seed: u32,
+}
+
+/// Where the superblock came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SbSource {
+    Primary,
+    Backup(u64),
+}
+
+/// The leaf extents of a file and what was wrong on the way to them.
+#[derive(Clone, Debug, Default)]
+pub struct ExtentScan {
+    /// Valid extents, sorted and non-overlapping.
+    pub extents: Vec<Extent>,
+    /// Blocks of the tree below the inode (index and leaf nodes read).
+    pub tree_blocks: Vec<u64>,
+    /// Damage found; non-empty means the tree must be rewritten.
+    pub problems: Vec<String>,
+}
+
+/// A directory's entries and what was wrong on the way to them.
+#[derive(Clone, Debug, Default)]
+pub struct DirScan {
+    pub entries: Vec<DirEntry>,
+    pub problems: Vec<String>,
+}
+
+impl<'d> Image<'d> {
+    /// Open the filesystem on `dev` from its primary superblock, or, if
+    /// `backup` is given, from the superblock at that block.
+    pub fn open(dev: &'d Dev, backup: Option<u64>) -> Result<Image<'d>> {
+        let at = backup.unwrap_or(0);
+        let raw = dev
+            .read_block(at)
+            .map_err(|e| FormatError::io("superblock", at, e))?;
+        let sb = Superblock::decode(&raw, at)?;
+        Image::with_superblock(dev, sb)
+    }
+
+    /// Open with a superblock already read and validated.
+    pub fn with_superblock(dev: &'d Dev, sb: Superblock) -> Result<Image<'d>> {
+        let geo = sb.geometry()?;
+        if geo.blocks_count > dev.blocks() {
+            return Err(FormatError::invalid(
+                "superblock",
+                format!(
+                    "the filesystem has {} blocks but the device only {}",
+                    geo.blocks_count,
+                    dev.blocks()
+                ),
+            ));
+        }
+        Ok(Image {
+            dev,
+            seed: sb.seed(),
+            sb,
+            geo,
+        })
+    }
+
+    /// Look for a valid backup superblock near the end of the device.
+    pub fn find_backup(dev: &Dev) -> Option<(u64, Superblock)> {
+        let end = dev.blocks();
+        let from = end.saturating_sub(BACKUP_SEARCH);
+        (from..end).rev().find_map(|b| {
+            let raw = dev.read_block(b).ok()?;
+            let sb = Superblock::decode(&raw, b).ok()?;
+            (sb.blocks_count == b + 1).then_some((b, sb))
+        })
+    }
+
+    fn read(&self, what: &'static str, b: u64) -> Result<Vec<u8>> {
+        self.dev
+            .read_block(b)
+            .map_err(|e| FormatError::io(what, b, e))
+    }
+
+    fn write(&self, what: &'static str, b: u64, data: &[u8]) -> Result<()> {
+        self.dev
+            .write_block(b, data)
+            .map_err(|e| FormatError::io(what, b, e))
+    }
+
+    /// Write the superblock to its primary and backup places.
+    pub fn write_superblock(&self) -> Result<()> {
+        let backup = self.geo.backup_block();
+        self.write("backup superblock", backup, &self.sb.encode(backup))?;
+        self.write("superblock", 0, &self.sb.encode(0))
+    }
+
+    /// Group `g`'s descriptor.
+    pub fn desc(&self, g: u32) -> Result<GroupDesc> {
+        let (b, off) = self.geo.desc_location(g);
+        let raw = self.read("group descriptor table", b)?;
+        GroupDesc::decode(&self.geo, self.seed, g, &raw[off..])
+    }
+
+    /// Write group `g`'s descriptor.
+    pub fn write_desc(&self, g: u32, d: &GroupDesc) -> Result<()> {
+        let (b, off) = self.geo.desc_location(g);
+        let mut raw = self.read("group descriptor table", b)?;
+        d.encode(self.seed, g, &mut raw[off..]);
+        self.write("group descriptor table", b, &raw)
+    }
+
+    /// Group `g`'s block bitmap (computed for an uninitialised group),
+    /// checked against the descriptor's checksum.
+    pub fn block_bitmap(&self, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
+        if d.block_uninit() {
+            return Ok(uninit_block_bitmap(&self.geo, g));
+        }
+        let b = self.geo.block_bitmap(g);
+        let raw = self.read("block bitmap", b)?;
+        check_bitmap(self.seed, b, &raw, d.block_bitmap_csum, "block bitmap")?;
+        Ok(raw)
+    }
+
+    /// Group `g`'s inode bitmap, like [`Image::block_bitmap`].
+    pub fn inode_bitmap(&self, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
+        if d.inode_uninit() {
+            return Ok(uninit_inode_bitmap(&self.geo));
+        }
+        let b = self.geo.inode_bitmap(g);
+        let raw = self.read("inode bitmap", b)?;
+        check_bitmap(self.seed, b, &raw, d.inode_bitmap_csum, "inode bitmap")?;
+        Ok(raw)
+    }
+
+    /// Write group `g`'s bitmaps and descriptor (checksums updated, the
+    /// group marked initialised).
+    pub fn write_group(&self, g: u32, d: &mut GroupDesc, bmap: &[u8], imap: &[u8]) -> Result<()> {
+        let (bb, ib) = (self.geo.block_bitmap(g), self.geo.inode_bitmap(g));
+        d.block_bitmap_csum = bitmap_csum(self.seed, bb, bmap);
+        d.inode_bitmap_csum = bitmap_csum(self.seed, ib, imap);
+        d.flags = 0;
+        self.write("block bitmap", bb, bmap)?;
+        self.write("inode bitmap", ib, imap)?;
+        self.write_desc(g, d)
+    }
+
+    /// The raw inode-table block holding `ino` and the offset of `ino` in it.
+    pub fn inode_block(&self, ino: u64) -> Result<(u64, Vec<u8>, usize)> {
+        if !self.geo.ino_valid(ino) {
+            return Err(FormatError::invalid(
+                "inode",
+                format!("{ino} is not an inode number"),
+            ));
+        }
+        let (b, off) = self.geo.ino_location(ino);
+        Ok((b, self.read("inode table", b)?, off))
+    }
+
+    /// Inode `ino`; `Ok(None)` if free.
+    pub fn inode(&self, ino: u64) -> Result<Option<Inode>> {
+        let (_, raw, off) = self.inode_block(ino)?;
+        Inode::decode(self.seed, ino, &raw[off..off + INODE_SIZE])
+    }
+
+    /// Write inode `ino` (`None`: free it, zeroing its bytes).
+    pub fn write_inode(&self, ino: u64, inode: Option<&Inode>) -> Result<()> {
+        let (b, mut raw, off) = self.inode_block(ino)?;
+        match inode {
+            Some(i) => i.encode(self.seed, ino, &mut raw[off..off + INODE_SIZE]),
+            None => raw[off..off + INODE_SIZE].fill(0),
+        }
+        self.write("inode table", b, &raw)
+    }
+
+    /// Every extent of inode `ino`'s tree, checking each node (checksum,
+    /// owner, depth, keys within the parent's range) and each extent (inside
+    /// the data area, sorted, not overlapping). Bad subtrees and extents are
+    /// left out and listed in `problems`.
+    pub fn extents(&self, ino: u64, inode: &Inode) -> ExtentScan {
+        let mut scan = ExtentScan::default();
+        if let Some(root) = inode.extent_root() {
+            self.walk(ino, root, 0, u64::MAX, root.depth() + 1, &mut scan);
+        }
+        scan
+    }
+
+    fn walk(
+        &self,
+        ino: u64,
+        node: &ExtentNode,
+        lo: u64,
+        hi: u64,
+        parent_depth: u16,
+        scan: &mut ExtentScan,
+    ) {
+        if node.depth() + 1 != parent_depth {
+            scan.problems.push(format!(
+                "extent node at depth {} under depth {parent_depth}",
+                node.depth()
+            ));
+            return;
+        }
+        match node {
+            ExtentNode::Leaf(es) => {
+                for e in es {
+                    let in_data = e.physical_end() > e.physical
+                        && self.geo.is_data_block(e.physical)
+                        && self.geo.is_data_block(e.physical_end() - 1)
+                        && self.geo.block_group(e.physical).map(|x| x.0)
+                            == self.geo.block_group(e.physical_end() - 1).map(|x| x.0);
+                    let after_prev = scan
+                        .extents
+                        .last()
+                        .is_none_or(|p| p.logical_end() <= e.logical);
+                    if !in_data {
+                        scan.problems.push(format!(
+                            "extent of logical {} at blocks {}..{} is outside the data area",
+                            e.logical,
+                            e.physical,
+                            e.physical_end()
+                        ));
+                    } else if e.logical < lo || e.logical_end() > hi || !after_prev {
+                        scan.problems
+                            .push(format!("extent at logical {} is out of order", e.logical));
+                    } else {
+                        scan.extents.push(*e);
+                    }
+                }
+            }
+            ExtentNode::Index { depth, entries } => {
+                for (i, ie) in entries.iter().enumerate() {
+                    let next = entries.get(i + 1).map_or(hi, |n| n.logical);
+                    if ie.logical < lo
+                        || !self.geo.is_data_block(ie.child)
+                        || scan.tree_blocks.contains(&ie.child)
+                    {
+                        scan.problems.push(format!(
+                            "extent index entry to block {} is invalid",
+                            ie.child
+                        ));
+                        continue;
+                    }
+                    let child = self
+                        .read("extent block", ie.child)
+                        .and_then(|raw| ExtentNode::decode_block(self.seed, ie.child, ino, &raw));
+                    match child {
+                        Ok(c) => {
+                            scan.tree_blocks.push(ie.child);
+                            self.walk(ino, &c, ie.logical, next.min(hi), *depth, scan);
+                        }
+                        Err(e) => scan
+                            .problems
+                            .push(format!("extent block {}: {e}", ie.child)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replace inode `ino`'s extent tree with one holding `extents` (sorted,
+    /// non-overlapping), taking node blocks from `alloc`. The old tree's
+    /// blocks are the caller's to free. Returns the new tree's blocks.
+    pub fn write_extent_tree(
+        &self,
+        ino: u64,
+        inode: &mut Inode,
+        extents: &[Extent],
+        alloc: &mut dyn FnMut() -> Result<u64>,
+    ) -> Result<Vec<u64>> {
+        let mut blocks = Vec::new();
+        let inline_leaf = ExtentNode::capacity(true, true);
+        if extents.len() <= inline_leaf {
+            inode.data = InodeData::Extents(ExtentNode::Leaf(extents.to_vec()));
+            return Ok(blocks);
+        }
+        // Leaves, then index levels until the rest fits the inode.
+        let mut level: Vec<IndexEntry> = Vec::new();
+        for chunk in extents.chunks(ExtentNode::capacity(true, false)) {
+            let b = alloc()?;
+            let node = ExtentNode::Leaf(chunk.to_vec());
+            self.write("extent block", b, &node.encode_block(self.seed, b, ino))?;
+            blocks.push(b);
+            level.push(IndexEntry {
+                logical: chunk[0].logical,
+                child: b,
+            });
+        }
+        let mut depth = 1u16;
+        while level.len() > ExtentNode::capacity(false, true) {
+            if depth >= MAX_DEPTH {
+                return Err(FormatError::invalid("extent tree", "too many extents"));
+            }
+            let mut up = Vec::new();
+            for chunk in level.chunks(ExtentNode::capacity(false, false)) {
+                let b = alloc()?;
+                let node = ExtentNode::Index {
+                    depth,
+                    entries: chunk.to_vec(),
+                };
+                self.write("extent block", b, &node.encode_block(self.seed, b, ino))?;
+                blocks.push(b);
+                up.push(IndexEntry {
+                    logical: chunk[0].logical,
+                    child: b,
+                });
+            }
+            level = up;
+            depth += 1;
+        }
+        inode.data = InodeData::Extents(ExtentNode::Index {
+            depth,
+            entries: level,
+        });
+        Ok(blocks)
+    }
+
+    /// The physical block of logical block `l` in `extents`.
+    pub fn map(extents: &[Extent], l: u64) -> Option<u64> {
+        let i = extents.partition_point(|e| e.logical_end() <= l);
+        extents
+            .get(i)
+            .filter(|e| e.logical <= l && !e.unwritten)
+            .map(|e| e.physical + (l - e.logical))
+    }
+
+    /// Every entry of directory `ino` (whose extents are `extents`), walking
+    /// its tree from the root; damaged blocks are listed and skipped.
+    pub fn dir_entries(&self, ino: u64, inode: &Inode, extents: &[Extent]) -> DirScan {
+        let mut scan = DirScan::default();
+        if inode.size == 0 {
+            return scan;
+        }
+        let mut seen = std::collections::HashSet::new();
+        self.dir_walk(ino, extents, 0, None, &mut seen, &mut scan);
+        scan
+    }
+
+    fn dir_walk(
+        &self,
+        ino: u64,
+        extents: &[Extent],
+        logical: u64,
+        parent_depth: Option<u16>,
+        seen: &mut std::collections::HashSet<u64>,
+        scan: &mut DirScan,
+    ) {
+        if !seen.insert(logical) {
+            scan.problems
+                .push(format!("directory block {logical} is referenced twice"));
+            return;
+        }
+        let Some(phys) = Image::map(extents, logical) else {
+            scan.problems
+                .push(format!("directory block {logical} is not mapped"));
+            return;
+        };
+        let node = self
+            .read("directory block", phys)
+            .and_then(|raw| DirNode::decode(self.seed, self.sb.hash_seed, phys, ino, &raw));
+        match node {
+            Err(e) => scan
+                .problems
+                .push(format!("directory block {logical}: {e}")),
+            Ok(DirNode::Leaf { entries, .. }) => {
+                if parent_depth.is_some_and(|d| d != 1) {
+                    scan.problems
+                        .push(format!("directory leaf {logical} at the wrong depth"));
+                }
+                scan.entries.extend(entries);
+            }
+            Ok(DirNode::Node { depth, entries }) => {
+                if parent_depth.is_some_and(|d| d != depth + 1) {
+                    scan.problems
+                        .push(format!("directory node {logical} at the wrong depth"));
+                    return;
+                }
+                for e in entries {
+                    self.dir_walk(ino, extents, e.child, Some(depth), seen, scan);
+                }
+            }
+        }
+    }
+
+    /// Write directory `ino` afresh holding `entries`: leaves packed in hash
+    /// order, interior nodes above, the root at logical block 0; node blocks
+    /// from `alloc`, then its extent tree. Sets the inode's size and block
+    /// count for the directory's own blocks (plus `extra_blocks`, e.g. an
+    /// xattr block). The old blocks are the caller's to free. Returns all
+    /// new blocks (directory and extent-tree).
+    pub fn write_dir(
+        &self,
+        ino: u64,
+        inode: &mut Inode,
+        mut entries: Vec<DirEntry>,
+        extra_blocks: u64,
+        alloc: &mut dyn FnMut() -> Result<u64>,
+    ) -> Result<Vec<u64>> {
+        entries.sort_by(|a, b| a.key().cmp(&b.key()));
+        entries.dedup_by(|a, b| a.key() == b.key());
+        let mut logical_nodes: BTreeMap<u64, DirNode> = BTreeMap::new();
+        if !entries.is_empty() {
+            // Pack leaves.
+            let mut leaves: Vec<Vec<DirEntry>> = vec![Vec::new()];
+            let mut used = 0;
+            for e in entries {
+                let n = e.disk_len();
+                let same_hash = leaves
+                    .last()
+                    .and_then(|l| l.last())
+                    .is_some_and(|p: &DirEntry| p.hash == e.hash);
+                if used + n > ENTRY_SPACE && !same_hash {
+                    leaves.push(Vec::new());
+                    used = 0;
+                }
+                used += n;
+                if let Some(l) = leaves.last_mut() {
+                    l.push(e);
+                }
+            }
+            if leaves.len() == 1 {
+                let entries = leaves.pop().unwrap_or_default();
+                logical_nodes.insert(0, DirNode::Leaf { next: 0, entries });
+            } else {
+                let count = leaves.len() as u64;
+                let mut level: Vec<NodeEntry> = Vec::new();
+                for (i, l) in leaves.into_iter().enumerate() {
+                    let logical = 1 + i as u64;
+                    let next = if logical < count { logical + 1 } else { 0 };
+                    level.push(NodeEntry {
+                        hash: if i == 0 { 0 } else { l[0].hash },
+                        child: logical,
+                    });
+                    logical_nodes.insert(logical, DirNode::Leaf { next, entries: l });
+                }
+                let mut next_logical = 1 + count;
+                let per_node = ENTRY_SPACE / NODE_ENTRY;
+                let mut depth = 1u16;
+                while level.len() > per_node {
+                    let mut up = Vec::new();
+                    for chunk in level.chunks(per_node) {
+                        up.push(NodeEntry {
+                            hash: if up.is_empty() { 0 } else { chunk[0].hash },
+                            child: next_logical,
+                        });
+                        logical_nodes.insert(
+                            next_logical,
+                            DirNode::Node {
+                                depth,
+                                entries: chunk.to_vec(),
+                            },
+                        );
+                        next_logical += 1;
+                    }
+                    level = up;
+                    depth += 1;
+                }
+                logical_nodes.insert(
+                    0,
+                    DirNode::Node {
+                        depth,
+                        entries: level,
+                    },
+                );
+            }
+        }
+        let mut new_blocks = Vec::new();
+        let mut extents: Vec<Extent> = Vec::new();
+        for (&logical, node) in &logical_nodes {
+            let b = alloc()?;
+            self.write("directory block", b, &node.encode(self.seed, b, ino))?;
+            new_blocks.push(b);
+            match extents.last_mut() {
+                Some(e) if e.logical_end() == logical && e.physical_end() == b => e.len += 1,
+                _ => extents.push(Extent {
+                    logical,
+                    physical: b,
+                    len: 1,
+                    unwritten: false,
+                }),
+            }
+        }
+        let nblocks = logical_nodes.len() as u64;
+        let tree = self.write_extent_tree(ino, inode, &extents, alloc)?;
+        inode.size = nblocks * BLOCK_SIZE_U64;
+        inode.blocks = nblocks + tree.len() as u64 + extra_blocks;
+        new_blocks.extend(tree);
+        Ok(new_blocks)
+    }
+}
+
+fn check_bitmap(seed: u32, b: u64, raw: &[u8], stored: u32, what: &'static str) -> Result<()> {
+    let computed = bitmap_csum(seed, b, raw);
+    if computed != stored {
+        return Err(FormatError::BadChecksum {
+            what,
+            nr: b,
+            stored,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Blocks of `BLOCK_SIZE` bytes in `n` bytes, rounded up.
+pub fn blocks_for(n: u64) -> u64 {
+    n.div_ceil(BLOCK_SIZE as u64)
+}
