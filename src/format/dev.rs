@@ -36,6 +36,33 @@ pub struct Dev {
     read_only: bool,
 }
 
+/// A failed bio: the errno the kernel would return, and what failed where.
+#[derive(Debug)]
+pub struct BioError {
+    pub errno: i32,
+    pub block: u64,
+    msg: String,
+}
+
+impl std::fmt::Display for BioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for BioError {}
+
+impl BioError {
+    /// The errno of an error made by [`Dev`] (or of any OS error).
+    pub fn errno_of(e: &io::Error) -> Option<i32> {
+        e.raw_os_error().or_else(|| {
+            e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<BioError>())
+                .map(|b| b.errno)
+        })
+    }
+}
+
 /// The `io::Error` for a failed bio: the errno's kind, and a message that
 /// names the block and says whether the data failed its integrity check.
 fn bio_error(what: &str, block: u64, status: BlkStatus) -> io::Error {
@@ -44,10 +71,14 @@ fn bio_error(what: &str, block: u64, status: BlkStatus) -> io::Error {
     } else {
         "I/O error"
     };
-    let kind = io::Error::from_raw_os_error(status.to_errno().max(1)).kind();
+    let errno = status.to_errno().max(1);
     io::Error::new(
-        kind,
-        format!("{what} of block {block}: {detail} ({status})"),
+        io::Error::from_raw_os_error(errno).kind(),
+        BioError {
+            errno,
+            block,
+            msg: format!("{what} of block {block}: {detail} ({status})"),
+        },
     )
 }
 

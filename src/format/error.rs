@@ -50,9 +50,17 @@ impl FormatError {
         }
     }
 
-    /// True for damage to the bytes (as opposed to an I/O failure).
+    /// True for damage to the bytes: bad contents, or a block the device
+    /// reports as failing its integrity check or unreadable medium. False
+    /// for other I/O failures (the device itself is in trouble).
     pub fn is_corruption(&self) -> bool {
-        !matches!(self, FormatError::Io { .. })
+        match self {
+            FormatError::Io { source, .. } => matches!(
+                super::dev::BioError::errno_of(source),
+                Some(libc::EILSEQ) | Some(libc::ENODATA)
+            ),
+            _ => true,
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Image<'d> {
     pub sb: Superblock,
     pub geo: Geometry,
     pub seed: u32,
+    /// Block images that read in place of the device's: the journal's
+    /// committed transactions, when a read-only check can't replay them.
+    pub overlay: std::collections::HashMap<u64, Vec<u8>>,
 }
 
 /// Where the superblock came from.
@@ -84,6 +87,7 @@ impl<'d> Image<'d> {
             seed: sb.seed(),
             sb,
             geo,
+            overlay: Default::default(),
         })
     }
 
@@ -98,13 +102,18 @@ impl<'d> Image<'d> {
         })
     }
 
-    fn read(&self, what: &'static str, b: u64) -> Result<Vec<u8>> {
+    /// Block `b` (from the overlay if it holds it).
+    pub fn read(&self, what: &'static str, b: u64) -> Result<Vec<u8>> {
+        if let Some(data) = self.overlay.get(&b) {
+            return Ok(data.clone());
+        }
         self.dev
             .read_block(b)
             .map_err(|e| FormatError::io(what, b, e))
     }
 
-    fn write(&self, what: &'static str, b: u64, data: &[u8]) -> Result<()> {
+    /// Write block `b`.
+    pub fn write(&self, what: &'static str, b: u64, data: &[u8]) -> Result<()> {
         self.dev
             .write_block(b, data)
             .map_err(|e| FormatError::io(what, b, e))
@@ -127,7 +136,13 @@ impl<'d> Image<'d> {
     /// Write group `g`'s descriptor.
     pub fn write_desc(&self, g: u32, d: &GroupDesc) -> Result<()> {
         let (b, off) = self.geo.desc_location(g);
-        let mut raw = self.read("group descriptor table", b)?;
+        // An unreadable GDT block is rewritten from zeros (its other
+        // groups read as uninitialised until fsck rewrites them too).
+        let mut raw = match self.read("group descriptor table", b) {
+            Ok(raw) => raw,
+            Err(e) if e.is_corruption() => vec![0u8; BLOCK_SIZE],
+            Err(e) => return Err(e),
+        };
         d.encode(self.seed, g, &mut raw[off..]);
         self.write("group descriptor table", b, &raw)
     }
@@ -183,6 +198,15 @@ impl<'d> Image<'d> {
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>> {
         let (_, raw, off) = self.inode_block(ino)?;
         Inode::decode(self.seed, ino, &raw[off..off + INODE_SIZE])
+    }
+
+    /// Free inode `ino` in the overlay only (a read-only check's view of
+    /// a repair the filesystem would make itself).
+    pub fn overlay_free_inode(&mut self, ino: u64) -> Result<()> {
+        let (b, mut raw, off) = self.inode_block(ino)?;
+        raw[off..off + INODE_SIZE].fill(0);
+        self.overlay.insert(b, raw);
+        Ok(())
     }
 
     /// Write inode `ino` (`None`: free it, zeroing its bytes).
@@ -354,16 +378,19 @@ impl<'d> Image<'d> {
             return scan;
         }
         let mut seen = std::collections::HashSet::new();
-        self.dir_walk(ino, extents, 0, None, &mut seen, &mut scan);
+        self.dir_walk(ino, extents, 0, None, (0, u64::MAX), &mut seen, &mut scan);
         scan
     }
 
+    // The walk's state is threaded through the recursion explicitly.
+    #[allow(clippy::too_many_arguments)]
     fn dir_walk(
         &self,
         ino: u64,
         extents: &[Extent],
         logical: u64,
         parent_depth: Option<u16>,
+        (lo, hi): (u64, u64),
         seen: &mut std::collections::HashSet<u64>,
         scan: &mut DirScan,
     ) {
@@ -397,8 +424,10 @@ impl<'d> Image<'d> {
                         .push(format!("directory node {logical} at the wrong depth"));
                     return;
                 }
-                for e in entries {
-                    self.dir_walk(ino, extents, e.child, Some(depth), seen, scan);
+                for (i, e) in entries.iter().enumerate() {
+                    let end = entries.get(i + 1).map_or(hi, |n| n.hash);
+                    let start = if i == 0 { lo } else { e.hash };
+                    self.dir_walk(ino, extents, e.child, Some(depth), (start, end), seen, scan);
                 }
             }
         }

@@ -20,11 +20,13 @@
 //! fuzz harness can feed them anything.
 
 pub mod bitmap;
+pub mod builder;
 pub mod codec;
 pub mod dev;
 pub mod dir;
 pub mod error;
 pub mod extent;
+pub mod fsck;
 pub mod geometry;
 pub mod group;
 pub mod image;

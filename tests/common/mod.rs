@@ -172,3 +172,6 @@ pub fn loop_device(size: u64) -> Option<(std::path::PathBuf, LoopDevice)> {
 mod engine;
 #[allow(unused_imports)] // only the engine tests use these
 pub use engine::*;
+
+#[allow(dead_code)] // only the fsck tests use it
+pub mod fsimage;

@@ -1,0 +1,1514 @@
+//! Checking and repairing a filesystem (the library under `fsck.biofs`),
+//! in the passes of e2fsck:
+//!
+//! 0. the superblock (falling back to the backup), the journal (replayed;
+//!    a read-only check reads through the committed transactions instead),
+//!    and the orphan list (inodes unlinked while open: freed);
+//! 1. every inode in use: checksum, type, extent tree (bounds, order,
+//!    overlaps, node checksums and owners), xattr block, block count;
+//!    blocks claimed twice (the later owner gets a copy);
+//! 2. every directory: blocks, index, names and hashes, entries pointing to
+//!    free inodes, wrong types, duplicates, second links to a directory;
+//! 3. connectivity from the root: what can't be reached goes to
+//!    `lost+found` (made if missing); each directory's parent;
+//! 4. link counts;
+//! 5. block and inode bitmaps, group descriptors and summary counters,
+//!    recomputed from what passes 1-4 left.
+//!
+//! `--scrub` then reads every data block of every file through the engine,
+//! which verifies each against its integrity tuple, and names the files
+//! that own bad blocks.
+//!
+//! Repairs write directly to the blocks' homes (the check runs offline).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, IsTerminal, Write};
+
+use super::bitmap;
+use super::dev::Dev;
+use super::dir::{valid_name, DirEntry};
+use super::error::{FormatError, Result};
+use super::extent::Extent;
+use super::group::{uninit_block_bitmap, uninit_inode_bitmap, GroupDesc};
+use super::image::Image;
+use super::inode::{FileType, Inode, Timespec, S_IFDIR};
+use super::journal::Journal;
+use super::superblock::{Superblock, INCOMPAT_RECOVER, STATE_CLEAN, STATE_ERRORS};
+use super::{BLOCK_SIZE, INODES_PER_BLOCK, INODE_SIZE, ROOT_INO};
+
+/// Set (by a signal handler) to stop the check at the next safe point.
+pub static CANCEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn check_cancel() -> std::result::Result<(), FsckError> {
+    if CANCEL.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(FsckError::Cancelled);
+    }
+    Ok(())
+}
+
+/// How problems are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `-n`: report, change nothing, open the device read-only.
+    No,
+    /// `-y`: fix everything.
+    Yes,
+    /// `-p`: fix what is safe without asking; stop on what is not.
+    Preen,
+    /// Ask on the terminal for each problem.
+    Ask,
+}
+
+/// What to do.
+#[derive(Clone, Debug)]
+pub struct FsckOptions {
+    pub mode: Mode,
+    /// Check even if the filesystem is marked clean.
+    pub force: bool,
+    pub verbose: bool,
+    /// Read every data block and verify its integrity tuple.
+    pub scrub: bool,
+    /// Read the superblock from this block instead of block 0.
+    pub backup: Option<u64>,
+}
+
+/// The outcome.
+#[derive(Clone, Debug, Default)]
+pub struct FsckReport {
+    pub problems: u64,
+    pub fixed: u64,
+    /// Problems left as they were (read-only check, or declined).
+    pub left: u64,
+    /// Skipped: marked clean and not forced.
+    pub skipped_clean: bool,
+    pub journal_transactions: u64,
+    pub orphans_freed: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub used_blocks: u64,
+    pub total_blocks: u64,
+    pub used_inodes: u64,
+    pub total_inodes: u64,
+    /// Files owning blocks that failed their integrity check: (inode, path,
+    /// logical block, error).
+    pub scrub_bad: Vec<(u64, String, u64, String)>,
+    pub scrub_blocks: u64,
+}
+
+impl FsckReport {
+    /// fsck(8) exit status: 0 clean, 1 errors corrected, 4 errors left.
+    pub fn exit_code(&self) -> i32 {
+        if self.left > 0 || !self.scrub_bad.is_empty() {
+            4
+        } else if self.fixed > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Why the check could not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum FsckError {
+    /// The device, or the filesystem's essentials, could not be used: exit 8.
+    #[error("{0}")]
+    Operational(String),
+    /// `-p` met a problem it must not fix alone: exit 4.
+    #[error("UNEXPECTED INCONSISTENCY; run fsck.biofs manually: {0}")]
+    NeedsManual(String),
+    /// The user stopped it: exit 32.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<FormatError> for FsckError {
+    fn from(e: FormatError) -> FsckError {
+        FsckError::Operational(e.to_string())
+    }
+}
+
+/// What pass 1 learned about an inode in use.
+#[derive(Clone, Debug)]
+struct Info {
+    ftype: FileType,
+    nlink: u32,
+    /// Blocks it owns (data, tree, xattr), as claimed.
+    extents: Vec<Extent>,
+}
+
+/// A growable bitset over block numbers.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: u64) -> Bits {
+        Bits(vec![0; n.div_ceil(64) as usize])
+    }
+    fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn set(&mut self, i: u64) {
+        if let Some(w) = self.0.get_mut((i / 64) as usize) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    fn clear(&mut self, i: u64) {
+        if let Some(w) = self.0.get_mut((i / 64) as usize) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+}
+
+struct Checker<'a, 'd> {
+    img: Image<'d>,
+    opts: &'a FsckOptions,
+    out: &'a mut dyn FnMut(&str),
+    report: FsckReport,
+    /// Set when anything was written: pass 5 then rescans.
+    changed: bool,
+    /// Must the superblock be written at the end?
+    sb_dirty: bool,
+    infos: BTreeMap<u64, Info>,
+    /// Blocks claimed by inodes (data, tree, xattr).
+    claimed: Bits,
+    /// Directory contents after pass 2.
+    dirs: BTreeMap<u64, Vec<DirEntry>>,
+    /// Directories whose blocks must be rewritten from `dirs`.
+    dirs_dirty: HashSet<u64>,
+    /// Parent of each directory found in pass 2.
+    parent: HashMap<u64, u64>,
+    /// Blocks handed out by repairs (kept apart from `claimed` of pass 1).
+    allocated: Bits,
+    alloc_cursor: u64,
+}
+
+/// Check (and with `Yes`/`Preen`/`Ask`, repair) the filesystem on `dev`.
+/// Messages go to `out` as they are found.
+pub fn fsck(
+    dev: &Dev,
+    opts: &FsckOptions,
+    out: &mut dyn FnMut(&str),
+) -> std::result::Result<FsckReport, FsckError> {
+    if opts.mode == Mode::Ask && !std::io::stdin().is_terminal() {
+        return Err(FsckError::Operational(
+            "interactive repair needs a terminal; use -n, -p or -y".into(),
+        ));
+    }
+    let mut report = FsckReport::default();
+    let img = open_superblock(dev, opts, &mut report, out)?;
+    let mut c = Checker {
+        claimed: Bits::new(img.geo.blocks_count),
+        allocated: Bits::new(img.geo.blocks_count),
+        alloc_cursor: 0,
+        img,
+        opts,
+        out,
+        report,
+        changed: false,
+        sb_dirty: false,
+        infos: BTreeMap::new(),
+        dirs: BTreeMap::new(),
+        dirs_dirty: HashSet::new(),
+        parent: HashMap::new(),
+    };
+    if c.report.fixed > 0 {
+        c.sb_dirty = true;
+        c.changed = true;
+    }
+    c.journal()?;
+    let clean = c.img.sb.state & STATE_CLEAN != 0
+        && c.img.sb.state & STATE_ERRORS == 0
+        && c.img.sb.orphan_head == 0
+        && c.report.problems == 0
+        && c.report.journal_transactions == 0;
+    if clean && !opts.force && !opts.scrub {
+        c.report.skipped_clean = true;
+        let data = c.img.geo.data_blocks();
+        c.say(&format!(
+            "{}: clean, {}/{} inodes, {}/{} blocks",
+            label_or_uuid(&c.img.sb),
+            c.img.sb.inodes_count.saturating_sub(c.img.sb.free_inodes),
+            c.img.sb.inodes_count,
+            data.saturating_sub(c.img.sb.free_blocks),
+            data
+        ));
+        return Ok(c.report);
+    }
+    c.orphans()?;
+    c.pass1()?;
+    c.pass2()?;
+    c.pass3()?;
+    c.pass4()?;
+    c.write_dirs()?;
+    c.pass5()?;
+    if opts.scrub {
+        c.scrub()?;
+    }
+    c.finish()?;
+    Ok(c.report)
+}
+
+fn label_or_uuid(sb: &Superblock) -> String {
+    if sb.label.is_empty() {
+        super::units::format_uuid(&sb.uuid)
+    } else {
+        sb.label.clone()
+    }
+}
+
+/// Pass 0: the superblock, or its backup.
+fn open_superblock<'d>(
+    dev: &'d Dev,
+    opts: &FsckOptions,
+    report: &mut FsckReport,
+    out: &mut dyn FnMut(&str),
+) -> std::result::Result<Image<'d>, FsckError> {
+    if let Some(b) = opts.backup {
+        return Image::open(dev, Some(b))
+            .map_err(|e| FsckError::Operational(format!("superblock at block {b}: {e}")));
+    }
+    let primary = Image::open(dev, None);
+    let err = match primary {
+        Ok(img) => {
+            check_backup(&img, opts, report, out)?;
+            return Ok(img);
+        }
+        Err(e) if !e.is_corruption() => {
+            return Err(FsckError::Operational(format!(
+                "can't read the superblock: {e}"
+            )))
+        }
+        Err(e) => e,
+    };
+    let Some((at, sb)) = Image::find_backup(dev) else {
+        return Err(FsckError::Operational(format!(
+            "the superblock is damaged ({err}) and no backup superblock was found; \
+             is this a biofs filesystem? (a backup elsewhere can be named with -b BLOCK)"
+        )));
+    };
+    out(&format!(
+        "Superblock damaged ({err}); using the backup at block {at}."
+    ));
+    report.problems += 1;
+    let img = Image::with_superblock(dev, sb)
+        .map_err(|e| FsckError::Operational(format!("backup superblock: {e}")))?;
+    match opts.mode {
+        Mode::No => report.left += 1,
+        Mode::Preen => {
+            return Err(FsckError::NeedsManual(
+                "the primary superblock is damaged".into(),
+            ))
+        }
+        Mode::Yes | Mode::Ask => {
+            if opts.mode == Mode::Ask && !ask("Restore the primary superblock from the backup")? {
+                report.left += 1;
+            } else {
+                img.write("superblock", 0, &img.sb.encode(0))?;
+                report.fixed += 1;
+            }
+        }
+    }
+    Ok(img)
+}
+
+/// The backup must describe the same filesystem as the primary.
+fn check_backup(
+    img: &Image<'_>,
+    opts: &FsckOptions,
+    report: &mut FsckReport,
+    out: &mut dyn FnMut(&str),
+) -> std::result::Result<(), FsckError> {
+    let b = img.geo.backup_block();
+    let ok = img
+        .read("backup superblock", b)
+        .and_then(|raw| Superblock::decode(&raw, b))
+        .is_ok_and(|bk| bk.uuid == img.sb.uuid && bk.geometry().ok() == Some(img.geo));
+    if ok {
+        return Ok(());
+    }
+    out(&format!(
+        "Backup superblock at block {b} is damaged or stale."
+    ));
+    report.problems += 1;
+    if opts.mode == Mode::No || (opts.mode == Mode::Ask && !ask("Rewrite the backup superblock")?) {
+        report.left += 1;
+    } else {
+        img.write("backup superblock", b, &img.sb.encode(b))?;
+        report.fixed += 1;
+    }
+    Ok(())
+}
+
+fn ask(question: &str) -> std::result::Result<bool, FsckError> {
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{question}<y>? ");
+    let _ = err.flush();
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(0) => Err(FsckError::Cancelled),
+        Ok(_) => {
+            let a = line.trim().to_ascii_lowercase();
+            Ok(a.is_empty() || a == "y" || a == "yes")
+        }
+        Err(e) => Err(FsckError::Operational(format!("reading the answer: {e}"))),
+    }
+}
+
+impl Checker<'_, '_> {
+    fn say(&mut self, msg: &str) {
+        (self.out)(msg);
+    }
+
+    fn verbose(&mut self, msg: &str) {
+        if self.opts.verbose {
+            (self.out)(msg);
+        }
+    }
+
+    /// Report a problem; true if it is to be fixed now (the caller fixes it
+    /// and calls [`Checker::fixed`]).
+    fn problem(&mut self, msg: &str, fix: &str) -> std::result::Result<bool, FsckError> {
+        check_cancel()?;
+        self.report.problems += 1;
+        let fixing = match self.opts.mode {
+            Mode::No => false,
+            Mode::Yes | Mode::Preen => true,
+            Mode::Ask => {
+                self.say(msg);
+                ask(fix)?
+            }
+        };
+        if self.opts.mode != Mode::Ask {
+            let tail = if fixing {
+                format!(" {fix}.")
+            } else {
+                format!(" {fix}? no")
+            };
+            self.say(&format!("{msg}{tail}"));
+        }
+        if fixing {
+            self.report.fixed += 1;
+            self.changed = true;
+        } else {
+            self.report.left += 1;
+        }
+        Ok(fixing)
+    }
+
+    fn writable(&self) -> bool {
+        self.opts.mode != Mode::No
+    }
+
+    /// The journal: replay it, or read through it when read-only.
+    fn journal(&mut self) -> std::result::Result<(), FsckError> {
+        let jsb_block = self.img.sb.journal_start;
+        let mut journal = match Journal::open(self.img.dev, &self.img.sb) {
+            Ok(j) => j,
+            Err(FormatError::Io { .. }) => {
+                return Err(FsckError::Operational(
+                    "can't read the journal superblock".into(),
+                ))
+            }
+            Err(e) => {
+                if self.problem(
+                    &format!("Journal superblock at block {jsb_block} is damaged ({e})."),
+                    "Recreate an empty journal",
+                )? {
+                    Journal::format(self.img.dev, &self.img.sb, 1)?;
+                }
+                return Ok(());
+            }
+        };
+        if !journal.needs_recovery() {
+            if self.img.sb.incompat & INCOMPAT_RECOVER != 0 && self.writable() {
+                self.img.sb.incompat &= !INCOMPAT_RECOVER;
+                self.sb_dirty = true;
+            }
+            return Ok(());
+        }
+        if self.writable() {
+            let r = journal.replay(self.img.dev)?;
+            self.say(&format!(
+                "{}: recovering journal: {} transactions, {} blocks replayed",
+                label_or_uuid(&self.img.sb),
+                r.transactions,
+                r.blocks
+            ));
+            self.report.journal_transactions = r.transactions;
+            // The superblock itself may have been replayed.
+            let raw = self.img.read("superblock", 0)?;
+            if let Ok(sb) = Superblock::decode(&raw, 0) {
+                if sb.geometry().ok() == Some(self.img.geo) {
+                    self.img.sb = sb;
+                }
+            }
+            self.img.sb.incompat &= !INCOMPAT_RECOVER;
+            self.sb_dirty = true;
+            self.changed = true;
+        } else {
+            let (txns, _) = journal.scan(self.img.dev)?;
+            let mut revoked: HashMap<u64, u64> = HashMap::new();
+            for t in &txns {
+                for &b in &t.revokes {
+                    let e = revoked.entry(b).or_insert(t.seq);
+                    *e = (*e).max(t.seq);
+                }
+            }
+            for t in &txns {
+                for &(home, log) in &t.blocks {
+                    if revoked.get(&home).is_some_and(|&r| r >= t.seq) {
+                        continue;
+                    }
+                    let data = self
+                        .img
+                        .dev
+                        .read_block(log)
+                        .map_err(|e| FormatError::io("journal", log, e))?;
+                    self.img.overlay.insert(home, data);
+                }
+            }
+            self.say(&format!(
+                "{}: journal has {} committed transactions; checking as if replayed (read-only)",
+                label_or_uuid(&self.img.sb),
+                txns.len()
+            ));
+            self.report.journal_transactions = txns.len() as u64;
+            if let Some(raw) = self.img.overlay.get(&0) {
+                if let Ok(sb) = Superblock::decode(raw, 0) {
+                    if sb.geometry().ok() == Some(self.img.geo) {
+                        self.img.sb = sb;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Free the inodes on the orphan list (unlinked while open when the
+    /// filesystem stopped). Not an error: the filesystem's own recovery.
+    fn orphans(&mut self) -> std::result::Result<(), FsckError> {
+        let mut ino = self.img.sb.orphan_head;
+        let mut seen = HashSet::new();
+        let mut list = Vec::new();
+        while ino != 0 {
+            if !self.img.geo.ino_valid(ino) || !seen.insert(ino) {
+                if self.problem(
+                    &format!("Orphan list is corrupt at inode {ino}."),
+                    "Cut it there",
+                )? {
+                    // Cut below; the inodes already listed are freed.
+                }
+                break;
+            }
+            match self.img.inode(ino) {
+                Ok(Some(i)) if i.nlink == 0 => {
+                    list.push(ino);
+                    ino = i.orphan_next;
+                }
+                _ => {
+                    let _ = self.problem(
+                        &format!("Orphan list names inode {ino}, which is not an unlinked inode."),
+                        "Cut it there",
+                    )?;
+                    break;
+                }
+            }
+        }
+        if self.img.sb.orphan_head != 0 {
+            self.img.sb.orphan_head = 0;
+            self.sb_dirty = true;
+        }
+        for ino in list {
+            self.verbose(&format!("Freeing orphan inode {ino} (unlinked while open)"));
+            if self.writable() {
+                self.img.write_inode(ino, None)?;
+                self.changed = true;
+            } else {
+                self.img.overlay_free_inode(ino)?;
+            }
+            self.report.orphans_freed += 1;
+        }
+        Ok(())
+    }
+
+    /// The inodes of group `g` that may be in use: (descriptor if readable,
+    /// how many to scan).
+    fn group_scan_limit(
+        &mut self,
+        g: u32,
+    ) -> std::result::Result<(Option<GroupDesc>, u32), FsckError> {
+        match self.img.desc(g) {
+            Ok(d) if d.inode_uninit() => Ok((Some(d), 0)),
+            // The whole table: an in-use inode beyond the unused mark (a
+            // damaged mark) is found, and pass 5 raises the mark. Slots
+            // beyond the mark that fail their checksum are stale, not
+            // damage (see `pass1`).
+            Ok(d) => Ok((Some(d), self.img.geo.inodes_per_group)),
+            Err(e) if e.is_corruption() => {
+                // Scan the whole table; pass 5 rewrites the descriptor.
+                self.verbose(&format!(
+                    "group {g}: descriptor damaged ({e}); scanning its whole inode table"
+                ));
+                Ok((None, self.img.geo.inodes_per_group))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Pass 1: inodes, extent trees, blocks.
+    fn pass1(&mut self) -> std::result::Result<(), FsckError> {
+        self.verbose("Pass 1: checking inodes, blocks and sizes");
+        let geo = self.img.geo;
+        let mut rewrite_tree: Vec<(u64, Inode, Vec<Extent>)> = Vec::new();
+        let mut dups: Vec<u64> = Vec::new();
+        for g in 0..geo.groups {
+            check_cancel()?;
+            let (desc, limit) = self.group_scan_limit(g)?;
+            let mark = desc.map_or(0, |d| d.itable_unused_from);
+            if limit == 0 {
+                continue;
+            }
+            let nblocks = u64::from(limit.div_ceil(INODES_PER_BLOCK));
+            let table = self.read_table(geo.itable_start(g), nblocks)?;
+            for idx in 0..limit {
+                let ino = geo.ino_of(g, idx);
+                let off = idx as usize * INODE_SIZE;
+                let raw = &table[off..off + INODE_SIZE];
+                let inode = match Inode::decode(self.img.seed, ino, raw) {
+                    Ok(None) => continue,
+                    Ok(Some(i)) => i,
+                    Err(e) => {
+                        if desc.is_none() || idx >= mark {
+                            // Never-used slots (beyond the unused mark, or
+                            // in a table whose descriptor was lost) may hold
+                            // anything: only valid inodes count there.
+                            continue;
+                        }
+                        if self.problem(&format!("Inode {ino} is damaged ({e})."), "Clear it")? {
+                            self.img.write_inode(ino, None)?;
+                        }
+                        continue;
+                    }
+                };
+                if ino == ROOT_INO && inode.file_type() != FileType::Directory {
+                    if self.problem("Root inode is not a directory.", "Clear it")? {
+                        self.img.write_inode(ino, None)?;
+                    }
+                    continue;
+                }
+                self.check_inode(ino, inode, &mut rewrite_tree, &mut dups)?;
+            }
+        }
+        // Repairs that allocate come after every claim is known.
+        for (ino, mut inode, extents) in rewrite_tree {
+            self.rewrite_tree(ino, &mut inode, &extents)?;
+        }
+        for ino in dups {
+            self.clone_dups(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Inode-table blocks; an unreadable one (integrity or medium error)
+    /// is reported and, when fixing, rewritten as free inodes.
+    fn read_table(&mut self, start: u64, n: u64) -> std::result::Result<Vec<u8>, FsckError> {
+        let mut out = Vec::with_capacity((n as usize) * BLOCK_SIZE);
+        if self.img.overlay.is_empty() {
+            // The fast path: the whole table in large bios.
+            if let Ok(pages) = self.img.dev.read_pages(start, n) {
+                for p in pages {
+                    out.extend_from_slice(p.as_slice());
+                }
+                return Ok(out);
+            }
+        }
+        for b in start..start + n {
+            match self.img.read("inode table", b) {
+                Ok(raw) => out.extend_from_slice(&raw),
+                Err(e) if e.is_corruption() => {
+                    if self.problem(
+                        &format!("Inode table block {b} is unreadable ({e})."),
+                        "Clear its inodes",
+                    )? {
+                        self.img.write("inode table", b, &[0u8; BLOCK_SIZE])?;
+                    }
+                    out.extend_from_slice(&[0u8; BLOCK_SIZE]);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_inode(
+        &mut self,
+        ino: u64,
+        mut inode: Inode,
+        rewrite_tree: &mut Vec<(u64, Inode, Vec<Extent>)>,
+        dups: &mut Vec<u64>,
+    ) -> std::result::Result<(), FsckError> {
+        let ftype = inode.file_type();
+        let mut dirty = false;
+        let mut owned: u64 = 0;
+        let mut has_dup = false;
+        let scan = self.img.extents(ino, &inode);
+        if !scan.problems.is_empty() {
+            let msg = format!(
+                "Inode {ino}: extent tree damaged: {}.",
+                scan.problems.join("; ")
+            );
+            if self.problem(&msg, "Rebuild it from the extents that are intact")? {
+                rewrite_tree.push((ino, inode.clone(), scan.extents.clone()));
+            }
+        }
+        for &b in &scan.tree_blocks {
+            if self.claimed.get(b) {
+                has_dup = true;
+            }
+            self.claimed.set(b);
+            owned += 1;
+        }
+        for e in &scan.extents {
+            for b in e.physical..e.physical_end() {
+                if self.claimed.get(b) {
+                    has_dup = true;
+                }
+                self.claimed.set(b);
+            }
+            owned += u64::from(e.len);
+        }
+        if inode.xattr_block != 0 {
+            let b = inode.xattr_block;
+            let ok = self.img.geo.is_data_block(b)
+                && !self.claimed.get(b)
+                && self
+                    .img
+                    .read("xattr block", b)
+                    .and_then(|raw| super::xattr::decode(self.img.seed, b, ino, &raw))
+                    .is_ok();
+            if ok {
+                self.claimed.set(b);
+                owned += 1;
+            } else if self.problem(
+                &format!("Inode {ino}: xattr block {b} is invalid."),
+                "Remove the attributes",
+            )? {
+                inode.xattr_block = 0;
+                dirty = true;
+            }
+        }
+        if ftype == FileType::Directory
+            && inode.size % BLOCK_SIZE as u64 != 0
+            && self.problem(
+                &format!(
+                    "Directory inode {ino} has size {}, not a whole number of blocks.",
+                    inode.size
+                ),
+                "Rebuild the directory",
+            )?
+        {
+            // Pass 2 rebuilds it, which sets the size.
+            self.dirs_dirty.insert(ino);
+        }
+        let rewriting = rewrite_tree.last().is_some_and(|(i, _, _)| *i == ino);
+        if inode.blocks != owned
+            && !rewriting
+            && self.problem(
+                &format!(
+                    "Inode {ino}: block count is {}, should be {owned}.",
+                    inode.blocks
+                ),
+                "Fix it",
+            )?
+        {
+            inode.blocks = owned;
+            dirty = true;
+        }
+        if dirty {
+            self.img.write_inode(ino, Some(&inode))?;
+        }
+        if has_dup {
+            let msg = format!("Inode {ino} shares blocks with another file.");
+            if self.problem(&msg, "Give it copies of the shared blocks")? {
+                dups.push(ino);
+            }
+        }
+        if ftype == FileType::Directory {
+            self.report.dirs += 1;
+        } else {
+            self.report.files += 1;
+        }
+        self.infos.insert(
+            ino,
+            Info {
+                ftype,
+                nlink: inode.nlink,
+                extents: scan.extents,
+            },
+        );
+        Ok(())
+    }
+
+    /// A free block for a repair, never one claimed or handed out before.
+    fn alloc(&mut self) -> Result<u64> {
+        let geo = self.img.geo;
+        let total = geo.blocks_count;
+        for _ in 0..total {
+            let b = self.alloc_cursor;
+            self.alloc_cursor = (self.alloc_cursor + 1) % total;
+            if geo.is_data_block(b) && !self.claimed.get(b) && !self.allocated.get(b) {
+                self.allocated.set(b);
+                return Ok(b);
+            }
+        }
+        Err(FormatError::invalid(
+            "fsck",
+            "no free block left for the repair",
+        ))
+    }
+
+    fn rewrite_tree(
+        &mut self,
+        ino: u64,
+        inode: &mut Inode,
+        extents: &[Extent],
+    ) -> std::result::Result<(), FsckError> {
+        // Allocate first: the tree writer borrows the image.
+        let mut blocks = Vec::new();
+        for _ in 0..tree_blocks_needed(extents.len()) {
+            blocks.push(self.alloc()?);
+        }
+        let mut it = blocks.into_iter();
+        let tree = self.img.write_extent_tree(ino, inode, extents, &mut || {
+            it.next()
+                .ok_or_else(|| FormatError::invalid("fsck", "allocation"))
+        })?;
+        let data: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
+        inode.blocks = data + tree.len() as u64 + u64::from(inode.xattr_block != 0);
+        self.img.write_inode(ino, Some(inode))?;
+        if let Some(info) = self.infos.get_mut(&ino) {
+            info.extents = extents.to_vec();
+        }
+        Ok(())
+    }
+
+    /// Give inode `ino` its own copies of every block it shares.
+    fn clone_dups(&mut self, ino: u64) -> std::result::Result<(), FsckError> {
+        let Some(mut inode) = self.img.inode(ino)? else {
+            return Ok(());
+        };
+        let Some(info) = self.infos.get(&ino).cloned() else {
+            return Ok(());
+        };
+        let mut out: Vec<Extent> = Vec::new();
+        for e in &info.extents {
+            for (i, b) in (e.physical..e.physical_end()).enumerate() {
+                let nb = self.alloc()?;
+                let data = self.img.read("data block", b)?;
+                self.img.write("data block", nb, &data)?;
+                let logical = e.logical + i as u64;
+                match out.last_mut() {
+                    Some(p)
+                        if p.logical_end() == logical
+                            && p.physical_end() == nb
+                            && p.unwritten == e.unwritten =>
+                    {
+                        p.len += 1
+                    }
+                    _ => out.push(Extent {
+                        logical,
+                        physical: nb,
+                        len: 1,
+                        unwritten: e.unwritten,
+                    }),
+                }
+            }
+        }
+        self.rewrite_tree(ino, &mut inode, &out)
+    }
+
+    /// Pass 2: directory structure.
+    fn pass2(&mut self) -> std::result::Result<(), FsckError> {
+        self.verbose("Pass 2: checking directory structure");
+        let dirs: Vec<u64> = self
+            .infos
+            .iter()
+            .filter(|(_, i)| i.ftype == FileType::Directory)
+            .map(|(&ino, _)| ino)
+            .collect();
+        for d in dirs {
+            let Some(inode) = self.img.inode(d)? else {
+                continue;
+            };
+            let extents = self
+                .infos
+                .get(&d)
+                .map(|i| i.extents.clone())
+                .unwrap_or_default();
+            let scan = self.img.dir_entries(d, &inode, &extents);
+            let mut rewrite = self.dirs_dirty.contains(&d);
+            if !scan.problems.is_empty() {
+                let msg = format!("Directory inode {d}: {}.", scan.problems.join("; "));
+                rewrite |= self.problem(&msg, "Rebuild the directory from its intact entries")?;
+            }
+            let mut keep: Vec<DirEntry> = Vec::new();
+            let mut names = HashSet::new();
+            for mut e in scan.entries {
+                let name = String::from_utf8_lossy(&e.name).into_owned();
+                let target = self.infos.get(&e.ino).map(|i| i.ftype);
+                let why = if !valid_name(&e.name) {
+                    Some("an invalid name".to_string())
+                } else if !names.insert(e.name.clone()) {
+                    Some("a duplicate name".to_string())
+                } else if target.is_none() {
+                    Some(format!("inode {}, which is not in use", e.ino))
+                } else if e.ino == ROOT_INO || e.ino == d {
+                    Some("the root or the directory itself".to_string())
+                } else if target == Some(FileType::Directory) && self.parent.contains_key(&e.ino) {
+                    Some(format!(
+                        "directory inode {}, which already has a parent",
+                        e.ino
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    if self.problem(
+                        &format!("Entry '{name}' in directory inode {d} points to {why}."),
+                        "Remove it",
+                    )? {
+                        rewrite = true;
+                        continue;
+                    }
+                } else if let Some(t) = target.filter(|&t| t != e.ftype) {
+                    if self.problem(
+                        &format!("Entry '{name}' in directory inode {d} has the wrong type."),
+                        "Fix it",
+                    )? {
+                        e.ftype = t;
+                        rewrite = true;
+                    }
+                }
+                if e.ftype == FileType::Directory && target == Some(FileType::Directory) {
+                    self.parent.entry(e.ino).or_insert(d);
+                }
+                keep.push(e);
+            }
+            if rewrite {
+                self.dirs_dirty.insert(d);
+            }
+            self.dirs.insert(d, keep);
+        }
+        Ok(())
+    }
+
+    /// Pass 3: connectivity, `lost+found`, parents.
+    fn pass3(&mut self) -> std::result::Result<(), FsckError> {
+        self.verbose("Pass 3: checking directory connectivity");
+        if !self
+            .infos
+            .get(&ROOT_INO)
+            .is_some_and(|i| i.ftype == FileType::Directory)
+        {
+            if !self.problem("Root directory is missing.", "Make a new one")? {
+                return Err(FsckError::Operational("no root directory".into()));
+            }
+            self.make_dir(ROOT_INO, ROOT_INO, 0o755)?;
+        }
+        // Reachable from the root.
+        let mut reach = HashSet::new();
+        self.mark_reachable(ROOT_INO, &mut reach);
+        let mut unreachable: Vec<u64> = self
+            .infos
+            .keys()
+            .copied()
+            .filter(|i| !reach.contains(i))
+            .collect();
+        if unreachable.is_empty() {
+            return self.fix_parents();
+        }
+        let lf = self.lost_found()?;
+        if let Some(lf) = lf {
+            self.mark_reachable(lf, &mut reach);
+        }
+        unreachable.retain(|i| !reach.contains(i));
+        // Directories first (each takes its subtree along), topmost first.
+        unreachable.sort_by_key(|i| {
+            (
+                self.infos.get(i).map(|x| x.ftype) != Some(FileType::Directory),
+                *i,
+            )
+        });
+        for ino in unreachable {
+            if reach.contains(&ino) {
+                continue;
+            }
+            let mut top = ino;
+            let mut seen = HashSet::new();
+            while let Some(&p) = self.parent.get(&top) {
+                if reach.contains(&p) || !seen.insert(p) {
+                    break;
+                }
+                top = p;
+            }
+            if reach.contains(&top) {
+                continue;
+            }
+            let what = if self
+                .infos
+                .get(&top)
+                .is_some_and(|i| i.ftype == FileType::Directory)
+            {
+                "Unconnected directory"
+            } else {
+                "Unattached inode"
+            };
+            if !self.problem(&format!("{what} {top}."), "Connect it to /lost+found")? {
+                continue;
+            }
+            let Some(lf) = lf else { continue };
+            let ftype = self
+                .infos
+                .get(&top)
+                .map(|i| i.ftype)
+                .unwrap_or(FileType::Regular);
+            let name = format!("#{top}");
+            if let Some(old) = self.parent.get(&top).copied() {
+                if let Some(es) = self.dirs.get_mut(&old) {
+                    es.retain(|e| e.ino != top);
+                    self.dirs_dirty.insert(old);
+                }
+            }
+            let e = DirEntry::new(self.img.sb.hash_seed, name.as_bytes(), top, ftype);
+            self.dirs.entry(lf).or_default().push(e);
+            self.dirs_dirty.insert(lf);
+            if ftype == FileType::Directory {
+                self.parent.insert(top, lf);
+            }
+            self.mark_reachable(top, &mut reach);
+        }
+        self.fix_parents()
+    }
+
+    fn mark_reachable(&self, from: u64, reach: &mut HashSet<u64>) {
+        let mut stack = vec![from];
+        while let Some(d) = stack.pop() {
+            if !reach.insert(d) {
+                continue;
+            }
+            if let Some(es) = self.dirs.get(&d) {
+                for e in es {
+                    if self
+                        .infos
+                        .get(&e.ino)
+                        .is_some_and(|i| i.ftype == FileType::Directory)
+                    {
+                        if self.parent.get(&e.ino) == Some(&d) {
+                            stack.push(e.ino);
+                        }
+                    } else {
+                        reach.insert(e.ino);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inode of `/lost+found`, made if missing; `None` if it can't be.
+    fn lost_found(&mut self) -> std::result::Result<Option<u64>, FsckError> {
+        let want = self.dirs.get(&ROOT_INO).and_then(|es| {
+            es.iter()
+                .find(|e| e.name == b"lost+found" && e.ftype == FileType::Directory)
+                .map(|e| e.ino)
+        });
+        if let Some(lf) = want.filter(|lf| self.parent.get(lf) == Some(&ROOT_INO)) {
+            return Ok(Some(lf));
+        }
+        if !self.problem("/lost+found is missing.", "Make it")? {
+            return Ok(None);
+        }
+        let Some(ino) = self.free_inode() else {
+            self.say("No free inode for /lost+found.");
+            return Ok(None);
+        };
+        self.make_dir(ino, ROOT_INO, 0o700)?;
+        if let Some(es) = self.dirs.get_mut(&ROOT_INO) {
+            es.retain(|e| e.name != b"lost+found");
+        }
+        let e = DirEntry::new(
+            self.img.sb.hash_seed,
+            b"lost+found",
+            ino,
+            FileType::Directory,
+        );
+        self.dirs.entry(ROOT_INO).or_default().push(e);
+        self.dirs_dirty.insert(ROOT_INO);
+        self.parent.insert(ino, ROOT_INO);
+        self.img.sb.lost_found_ino = ino;
+        self.sb_dirty = true;
+        Ok(Some(ino))
+    }
+
+    /// An inode number not in use (pass 5 sets its bitmap bit).
+    fn free_inode(&self) -> Option<u64> {
+        (super::FIRST_FREE_INO..=self.img.geo.inodes_count()).find(|i| !self.infos.contains_key(i))
+    }
+
+    /// Write a new empty directory `ino` under `parent`.
+    fn make_dir(&mut self, ino: u64, parent: u64, perm: u32) -> std::result::Result<(), FsckError> {
+        let now = now();
+        let mut d = Inode::new(S_IFDIR | perm, 0, 0, now);
+        d.nlink = 2;
+        d.rdev_or_parent = parent;
+        self.img.write_inode(ino, Some(&d))?;
+        self.infos.insert(
+            ino,
+            Info {
+                ftype: FileType::Directory,
+                nlink: 2,
+                extents: Vec::new(),
+            },
+        );
+        self.dirs.insert(ino, Vec::new());
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Each directory's parent field must name the directory holding it.
+    fn fix_parents(&mut self) -> std::result::Result<(), FsckError> {
+        let dirs: Vec<u64> = self.dirs.keys().copied().collect();
+        for d in dirs {
+            let want = if d == ROOT_INO {
+                ROOT_INO
+            } else {
+                self.parent.get(&d).copied().unwrap_or(ROOT_INO)
+            };
+            let Some(mut inode) = self.img.inode(d)? else {
+                continue;
+            };
+            if inode.rdev_or_parent != want
+                && self.problem(
+                    &format!(
+                        "Directory inode {d}: parent is {}, should be {want}.",
+                        inode.rdev_or_parent
+                    ),
+                    "Fix it",
+                )?
+            {
+                inode.rdev_or_parent = want;
+                self.img.write_inode(d, Some(&inode))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pass 4: link counts.
+    fn pass4(&mut self) -> std::result::Result<(), FsckError> {
+        self.verbose("Pass 4: checking reference counts");
+        let mut refs: HashMap<u64, u32> = HashMap::new();
+        for (d, es) in &self.dirs {
+            for e in es {
+                let is_dir = self
+                    .infos
+                    .get(&e.ino)
+                    .is_some_and(|i| i.ftype == FileType::Directory);
+                if is_dir {
+                    // The entry, and the child's ".." in the parent.
+                    *refs.entry(e.ino).or_insert(0) += 1;
+                    *refs.entry(*d).or_insert(0) += 1;
+                } else {
+                    *refs.entry(e.ino).or_insert(0) += 1;
+                }
+            }
+        }
+        let inos: Vec<u64> = self.infos.keys().copied().collect();
+        for ino in inos {
+            let Some(info) = self.infos.get(&ino) else {
+                continue;
+            };
+            let r = refs.get(&ino).copied().unwrap_or(0);
+            // A directory: its entry (or the root's own), its ".", and one
+            // ".." per subdirectory (counted above).
+            let want = if info.ftype == FileType::Directory {
+                r + 1 + u32::from(ino == ROOT_INO)
+            } else {
+                r
+            };
+            if want == 0 || info.nlink == want {
+                continue;
+            }
+            if self.problem(
+                &format!(
+                    "Inode {ino}: link count is {}, should be {want}.",
+                    info.nlink
+                ),
+                "Fix it",
+            )? {
+                if let Some(mut inode) = self.img.inode(ino)? {
+                    inode.nlink = want;
+                    self.img.write_inode(ino, Some(&inode))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrite the directories pass 2 and 3 changed.
+    fn write_dirs(&mut self) -> std::result::Result<(), FsckError> {
+        if !self.writable() {
+            return Ok(());
+        }
+        let mut dirty: Vec<u64> = self.dirs_dirty.iter().copied().collect();
+        dirty.sort_unstable();
+        for d in dirty {
+            let Some(mut inode) = self.img.inode(d)? else {
+                continue;
+            };
+            let entries = self.dirs.get(&d).cloned().unwrap_or_default();
+            let bytes: usize = entries.iter().map(DirEntry::disk_len).sum();
+            let need = bytes.div_ceil(super::dir::ENTRY_SPACE / 2).max(1) * 2 + 8;
+            let mut blocks = Vec::new();
+            for _ in 0..need {
+                blocks.push(self.alloc()?);
+            }
+            let mut it = blocks.into_iter();
+            let extra = u64::from(inode.xattr_block != 0);
+            self.img.write_dir(d, &mut inode, entries, extra, &mut || {
+                it.next()
+                    .ok_or_else(|| FormatError::invalid("fsck", "allocation"))
+            })?;
+            // Unused reservations go back.
+            for b in it {
+                self.allocated.clear(b);
+            }
+            self.img.write_inode(d, Some(&inode))?;
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    /// Pass 5: bitmaps, descriptors, counters, recomputed from the inodes.
+    fn pass5(&mut self) -> std::result::Result<(), FsckError> {
+        self.verbose("Pass 5: checking group summary information");
+        let geo = self.img.geo;
+        // After repairs, claims are recomputed from what is on the device.
+        let (used_blocks, used_inodes, dirs) = self.census()?;
+        let mut total_free_blocks = 0u64;
+        let mut total_free_inodes = 0u64;
+        for g in 0..geo.groups {
+            let start = geo.group_start(g);
+            let mut bmap = uninit_block_bitmap(&geo, g);
+            for i in geo.group_meta_blocks()..geo.group_blocks(g) {
+                if used_blocks.get(start + u64::from(i)) {
+                    bitmap::set(&mut bmap, i as usize);
+                }
+            }
+            let mut imap = uninit_inode_bitmap(&geo);
+            let mut highest = 0u32;
+            let mut ndirs = 0u32;
+            for idx in 0..geo.inodes_per_group {
+                let ino = geo.ino_of(g, idx);
+                if used_inodes.contains(&ino) {
+                    bitmap::set(&mut imap, idx as usize);
+                    highest = idx + 1;
+                    ndirs += u32::from(dirs.contains(&ino));
+                }
+            }
+            let free_blocks = (geo.group_blocks(g) - geo.group_meta_blocks())
+                - bitmap::count_set(
+                    &bmap,
+                    geo.group_meta_blocks() as usize,
+                    (geo.group_blocks(g) - geo.group_meta_blocks()) as usize,
+                ) as u32;
+            let free_inodes = geo.inodes_per_group
+                - bitmap::count_set(&imap, 0, geo.inodes_per_group as usize) as u32;
+            total_free_blocks += u64::from(free_blocks);
+            total_free_inodes += u64::from(free_inodes);
+            let disk = self.img.desc(g);
+            let (bm_disk, im_disk) = match &disk {
+                Ok(d) => (
+                    self.img.block_bitmap(g, d).ok(),
+                    self.img.inode_bitmap(g, d).ok(),
+                ),
+                Err(_) => (None, None),
+            };
+            let unused_ok = disk
+                .as_ref()
+                .is_ok_and(|d| d.inode_uninit() || d.itable_unused_from >= highest);
+            let counts_ok = disk.as_ref().is_ok_and(|d| {
+                d.free_blocks == free_blocks && d.free_inodes == free_inodes && d.used_dirs == ndirs
+            });
+            let bm_ok = bm_disk.as_deref() == Some(&bmap[..]);
+            let im_ok = im_disk.as_deref() == Some(&imap[..]);
+            if bm_ok && im_ok && counts_ok && unused_ok {
+                continue;
+            }
+            let mut what = Vec::new();
+            if disk.is_err() {
+                what.push("descriptor damaged".to_string());
+            }
+            if !bm_ok {
+                what.push("block bitmap differs".into());
+            }
+            if !im_ok {
+                what.push("inode bitmap differs".into());
+            }
+            if !counts_ok && disk.is_ok() {
+                what.push("free counts wrong".into());
+            }
+            if !unused_ok && disk.is_ok() {
+                what.push("unused-inode mark too low".into());
+            }
+            if self.problem(&format!("Group {g}: {}.", what.join(", ")), "Fix it")? {
+                let mut d = GroupDesc {
+                    flags: 0,
+                    free_blocks,
+                    free_inodes,
+                    used_dirs: ndirs,
+                    block_bitmap_csum: 0,
+                    inode_bitmap_csum: 0,
+                    itable_unused_from: match &disk {
+                        Ok(d) if !d.inode_uninit() => d.itable_unused_from.max(highest),
+                        Ok(_) => highest,
+                        Err(_) => geo.inodes_per_group,
+                    },
+                };
+                if d.itable_unused_from < geo.inodes_per_group && disk.is_err() {
+                    d.itable_unused_from = geo.inodes_per_group;
+                }
+                // Inodes between the old and new mark were never written:
+                // zero their table blocks so that nothing stale is read.
+                if let Ok(old) = &disk {
+                    let from = if old.inode_uninit() {
+                        0
+                    } else {
+                        old.itable_unused_from
+                    };
+                    self.zero_itable(g, from, d.itable_unused_from, &used_inodes)?;
+                }
+                self.img.write_group(g, &mut d, &bmap, &imap)?;
+            }
+        }
+        self.report.used_blocks = geo.data_blocks() - total_free_blocks;
+        self.report.total_blocks = geo.data_blocks();
+        self.report.used_inodes = geo.inodes_count() - total_free_inodes;
+        self.report.total_inodes = geo.inodes_count();
+        if self.img.sb.free_blocks != total_free_blocks
+            || self.img.sb.free_inodes != total_free_inodes
+        {
+            // Summaries the filesystem updates lazily: fixed quietly.
+            self.verbose("Superblock free counts updated");
+            self.img.sb.free_blocks = total_free_blocks;
+            self.img.sb.free_inodes = total_free_inodes;
+            self.sb_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Zero the inode slots `[from, to)` of group `g` that are not in use
+    /// (slots past the old unused mark may hold stale bytes).
+    fn zero_itable(
+        &mut self,
+        g: u32,
+        from: u32,
+        to: u32,
+        used: &HashSet<u64>,
+    ) -> std::result::Result<(), FsckError> {
+        if !self.writable() || from >= to {
+            return Ok(());
+        }
+        let geo = self.img.geo;
+        let mut block_of = BTreeMap::new();
+        for idx in from..to {
+            let ino = geo.ino_of(g, idx);
+            if used.contains(&ino) {
+                continue;
+            }
+            let (b, off) = geo.ino_location(ino);
+            block_of.entry(b).or_insert_with(Vec::new).push(off);
+        }
+        for (b, offs) in block_of {
+            let mut raw = self.img.read("inode table", b)?;
+            for off in offs {
+                raw[off..off + INODE_SIZE].fill(0);
+            }
+            self.img.write("inode table", b, &raw)?;
+        }
+        Ok(())
+    }
+
+    /// Blocks and inodes in use, and which inodes are directories, from
+    /// the inodes as they now are (after every repair).
+    #[allow(clippy::type_complexity)]
+    fn census(&mut self) -> std::result::Result<(Bits, HashSet<u64>, HashSet<u64>), FsckError> {
+        let geo = self.img.geo;
+        let mut used = Bits::new(geo.blocks_count);
+        let mut inodes = HashSet::new();
+        let mut dirs = HashSet::new();
+        if !self.changed {
+            for (&ino, info) in &self.infos {
+                inodes.insert(ino);
+                if info.ftype == FileType::Directory {
+                    dirs.insert(ino);
+                }
+            }
+            used.0.clone_from(&self.claimed.0);
+            return Ok((used, inodes, dirs));
+        }
+        let infos: Vec<u64> = self.infos.keys().copied().collect();
+        for ino in infos {
+            let Some(inode) = self.img.inode(ino)? else {
+                continue;
+            };
+            inodes.insert(ino);
+            if inode.file_type() == FileType::Directory {
+                dirs.insert(ino);
+            }
+            let scan = self.img.extents(ino, &inode);
+            for b in scan.tree_blocks {
+                used.set(b);
+            }
+            for e in scan.extents {
+                for b in e.physical..e.physical_end() {
+                    used.set(b);
+                }
+            }
+            if inode.xattr_block != 0 {
+                used.set(inode.xattr_block);
+            }
+        }
+        Ok((used, inodes, dirs))
+    }
+
+    /// Read every data block of every file; name the owners of bad ones.
+    fn scrub(&mut self) -> std::result::Result<(), FsckError> {
+        self.verbose("Scrub: reading every data block");
+        let paths = self.paths();
+        let total: u64 = self
+            .infos
+            .values()
+            .flat_map(|i| &i.extents)
+            .filter(|e| !e.unwritten)
+            .map(|e| u64::from(e.len))
+            .sum();
+        let bar = progress_bar(total);
+        let files: Vec<(u64, Vec<Extent>)> = self
+            .infos
+            .iter()
+            .map(|(&i, info)| (i, info.extents.clone()))
+            .collect();
+        for (ino, extents) in files {
+            check_cancel()?;
+            for e in extents.iter().filter(|e| !e.unwritten) {
+                let mut b = e.physical;
+                while b < e.physical_end() {
+                    let n = (e.physical_end() - b).min(256);
+                    if self.img.dev.read_pages(b, n).is_err() {
+                        // Narrow it down block by block.
+                        for x in b..b + n {
+                            if let Err(err) = self.img.dev.read_pages(x, 1) {
+                                let path = paths
+                                    .get(&ino)
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("<inode {ino}>"));
+                                let logical = e.logical + (x - e.physical);
+                                self.say(&format!("Scrub: {path} (inode {ino}): block {logical} (device block {x}): {err}"));
+                                self.report
+                                    .scrub_bad
+                                    .push((ino, path, logical, err.to_string()));
+                            }
+                        }
+                    }
+                    self.report.scrub_blocks += n;
+                    if let Some(bar) = &bar {
+                        bar.inc(n);
+                    }
+                    b += n;
+                }
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+
+    /// A path for every inode reachable from the root.
+    fn paths(&self) -> HashMap<u64, String> {
+        let mut out = HashMap::new();
+        out.insert(ROOT_INO, "/".to_string());
+        let mut stack = vec![(ROOT_INO, String::new())];
+        while let Some((d, prefix)) = stack.pop() {
+            for e in self.dirs.get(&d).into_iter().flatten() {
+                let p = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
+                if out.insert(e.ino, p.clone()).is_none() && e.ftype == FileType::Directory {
+                    stack.push((e.ino, p));
+                }
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self) -> std::result::Result<(), FsckError> {
+        if !self.writable() {
+            return Ok(());
+        }
+        let state = if self.report.left > 0 {
+            STATE_ERRORS
+        } else {
+            STATE_CLEAN
+        };
+        if self.img.sb.state != state || self.sb_dirty || self.changed {
+            self.img.sb.state = state;
+            self.img.sb.check_time = now().sec;
+            self.img.write_superblock()?;
+        }
+        self.img
+            .dev
+            .flush()
+            .map_err(|e| FsckError::Operational(format!("flush: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Node blocks an extent tree of `n` extents takes (an upper bound).
+fn tree_blocks_needed(n: usize) -> usize {
+    let inline = super::extent::ExtentNode::capacity(true, true);
+    if n <= inline {
+        return 0;
+    }
+    let leaf = super::extent::ExtentNode::capacity(true, false);
+    let idx = super::extent::ExtentNode::capacity(false, false);
+    let mut level = n.div_ceil(leaf);
+    let mut total = level;
+    while level > super::extent::ExtentNode::capacity(false, true) {
+        level = level.div_ceil(idx);
+        total += level;
+    }
+    total
+}
+
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || total < 1 << 16 {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("scrub {bar:40} {pos}/{len} blocks ({eta})")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+fn now() -> Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timespec {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
