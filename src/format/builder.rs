@@ -237,9 +237,6 @@ impl<'d> Builder<'d> {
             i.data = InodeData::Symlink(target.to_vec());
             i.size = target.len() as u64;
         } else {
-            let i = self.inode_mut(ino)?;
-            i.flags = 0;
-            i.data = InodeData::Extents(super::extent::ExtentNode::empty_inline());
             self.write_data(ino, 0, target, 1)?;
         }
         Ok(ino)

@@ -1,7 +1,9 @@
 //! Filesystem blocks through the block engine: what mkfs, fsck and the
 //! journal use to read and write metadata. Every transfer is a bio on the
-//! device's [`Queue`], so reads are verified against their integrity tuples
-//! when the device has them.
+//! device's [`Queue`]. Reads are verified against their integrity tuples
+//! when the device has them, the open is read-write and
+//! [`DevOptions::verify`] is set (a read-only open can't use the store: it
+//! would have to mark it in use).
 
 use std::io;
 use std::path::Path;

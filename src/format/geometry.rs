@@ -42,6 +42,20 @@ impl Geometry {
     /// The last group is dropped if it would be too small to be useful; the
     /// caller reads the resulting `blocks_count`.
     pub fn new(blocks_count: u64, inodes_per_group: u32, journal_blocks: u64) -> Result<Geometry> {
+        // Dropping a short tail group can shrink the GDT, which moves
+        // everything: iterate to the size that lays out to itself, so that
+        // the superblock's fields recompute to the same layout.
+        let mut blocks = blocks_count;
+        loop {
+            let g = Geometry::compute(blocks, inodes_per_group, journal_blocks)?;
+            if g.blocks_count == blocks {
+                return Ok(g);
+            }
+            blocks = g.blocks_count;
+        }
+    }
+
+    fn compute(blocks_count: u64, inodes_per_group: u32, journal_blocks: u64) -> Result<Geometry> {
         if blocks_count > MAX_BLOCKS {
             return Err(FormatError::invalid(
                 "geometry",
@@ -233,6 +247,19 @@ mod tests {
         assert!(Geometry::new(10_000, 0, 256).is_err());
         assert!(Geometry::new(10_000, 16, 10).is_err());
         assert!(Geometry::new(u64::MAX, 16, 256).is_err());
+    }
+
+    #[test]
+    fn a_layout_recomputes_to_itself() {
+        // Dropping the tail group here shrinks the GDT by a block.
+        for (blocks, ipg, journal) in [
+            (4_194_305, 16384, 32000),
+            (4_194_305, 8192, 32500),
+            (262_144, 8192, 2048),
+        ] {
+            let g = Geometry::new(blocks, ipg, journal).unwrap();
+            assert_eq!(Geometry::new(g.blocks_count, ipg, journal).unwrap(), g);
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFCHR: u32 = 0o020000;
 pub const S_IFIFO: u32 = 0o010000;
 
-/// `flags`: `data` holds a symlink target, not an extent root.
+/// On disk, `flags` bit: `data` holds a symlink target, not an extent root
+/// (in memory, [`InodeData::Symlink`] says so; the field never has it).
 pub const FLAG_INLINE_SYMLINK: u16 = 1 << 0;
 const KNOWN_FLAGS: u16 = FLAG_INLINE_SYMLINK;
 
@@ -137,20 +138,16 @@ impl Inode {
     /// A new inode of `mode` (type and permissions).
     pub fn new(mode: u32, uid: u32, gid: u32, now: Timespec) -> Inode {
         let ft = FileType::from_mode(mode);
+        // A symlink starts with an empty extent map; whoever sets its
+        // target makes it a fast symlink (`InodeData::Symlink` and
+        // `FLAG_INLINE_SYMLINK`) if it fits.
         let data = match ft {
-            Some(t) if t.has_extents() && t != FileType::Symlink => {
-                InodeData::Extents(ExtentNode::empty_inline())
-            }
-            Some(FileType::Symlink) => InodeData::Symlink(Vec::new()),
+            Some(t) if t.has_extents() => InodeData::Extents(ExtentNode::empty_inline()),
             _ => InodeData::None,
         };
         Inode {
             mode,
-            flags: if matches!(data, InodeData::Symlink(_)) {
-                FLAG_INLINE_SYMLINK
-            } else {
-                0
-            },
+            flags: 0,
             uid,
             gid,
             nlink: 1,
@@ -187,7 +184,17 @@ impl Inode {
         out.fill(0);
         let mut w = Writer(out);
         w.u32(0, self.mode);
-        w.u16(4, self.flags);
+        // The inline-symlink flag follows the data variant.
+        let inline = matches!(self.data, InodeData::Symlink(_));
+        let flags = self.flags & !FLAG_INLINE_SYMLINK;
+        w.u16(
+            4,
+            if inline {
+                flags | FLAG_INLINE_SYMLINK
+            } else {
+                flags
+            },
+        );
         w.u32(8, self.uid);
         w.u32(12, self.gid);
         w.u32(16, self.nlink);
@@ -281,7 +288,7 @@ impl Inode {
         };
         Ok(Some(Inode {
             mode,
-            flags,
+            flags: flags & !FLAG_INLINE_SYMLINK,
             uid: r.u32(8),
             gid: r.u32(12),
             nlink: r.u32(16),
