@@ -133,6 +133,8 @@ impl From<FormatError> for FsckError {
 struct Info {
     ftype: FileType,
     nlink: u32,
+    /// A directory's recorded parent.
+    parent: u64,
     /// Blocks it owns (data, tree, xattr), as claimed.
     extents: Vec<Extent>,
 }
@@ -406,10 +408,10 @@ impl Checker<'_, '_> {
         let jsb_block = self.img.sb.journal_start;
         let mut journal = match Journal::open(self.img.dev, &self.img.sb) {
             Ok(j) => j,
-            Err(FormatError::Io { .. }) => {
-                return Err(FsckError::Operational(
-                    "can't read the journal superblock".into(),
-                ))
+            Err(e) if !e.is_corruption() => {
+                return Err(FsckError::Operational(format!(
+                    "can't read the journal superblock: {e}"
+                )))
             }
             Err(e) => {
                 if self.problem(
@@ -745,6 +747,7 @@ impl Checker<'_, '_> {
             Info {
                 ftype,
                 nlink: inode.nlink,
+                parent: inode.rdev_or_parent,
                 extents: scan.extents,
             },
         );
@@ -838,6 +841,8 @@ impl Checker<'_, '_> {
             .filter(|(_, i)| i.ftype == FileType::Directory)
             .map(|(&ino, _)| ino)
             .collect();
+        // Read every directory first: which directories each one names.
+        let mut scans = Vec::with_capacity(dirs.len());
         for d in dirs {
             let Some(inode) = self.img.inode(d)? else {
                 continue;
@@ -847,7 +852,35 @@ impl Checker<'_, '_> {
                 .get(&d)
                 .map(|i| i.extents.clone())
                 .unwrap_or_default();
-            let scan = self.img.dir_entries(d, &inode, &extents);
+            scans.push((d, self.img.dir_entries(d, &inode, &extents)));
+        }
+        // A directory named by several: the one its own parent field
+        // names keeps it (as e2fsck trusts "..").
+        let mut named_by: HashMap<u64, Vec<u64>> = HashMap::new();
+        for (d, scan) in &scans {
+            for e in &scan.entries {
+                if self
+                    .infos
+                    .get(&e.ino)
+                    .is_some_and(|i| i.ftype == FileType::Directory)
+                {
+                    named_by.entry(e.ino).or_default().push(*d);
+                }
+            }
+        }
+        let chosen: HashMap<u64, u64> = named_by
+            .into_iter()
+            .map(|(c, ps)| {
+                let recorded = self.infos.get(&c).map(|i| i.parent);
+                let p = ps
+                    .iter()
+                    .copied()
+                    .find(|&p| Some(p) == recorded)
+                    .unwrap_or(ps[0]);
+                (c, p)
+            })
+            .collect();
+        for (d, scan) in scans {
             let mut rewrite = self.dirs_dirty.contains(&d);
             if !scan.problems.is_empty() {
                 let msg = format!("Directory inode {d}: {}.", scan.problems.join("; "));
@@ -866,7 +899,9 @@ impl Checker<'_, '_> {
                     Some(format!("inode {}, which is not in use", e.ino))
                 } else if e.ino == ROOT_INO || e.ino == d {
                     Some("the root or the directory itself".to_string())
-                } else if target == Some(FileType::Directory) && self.parent.contains_key(&e.ino) {
+                } else if target == Some(FileType::Directory)
+                    && (self.parent.contains_key(&e.ino) || chosen.get(&e.ino) != Some(&d))
+                {
                     Some(format!(
                         "directory inode {}, which already has a parent",
                         e.ino
@@ -1068,6 +1103,7 @@ impl Checker<'_, '_> {
             Info {
                 ftype: FileType::Directory,
                 nlink: 2,
+                parent,
                 extents: Vec::new(),
             },
         );
