@@ -524,15 +524,98 @@ impl Checker<'_, '_> {
         }
         for ino in list {
             self.verbose(&format!("Freeing orphan inode {ino} (unlinked while open)"));
-            if self.writable() {
-                self.img.write_inode(ino, None)?;
-                self.changed = true;
-            } else {
-                self.img.overlay_free_inode(ino)?;
-            }
+            self.free_orphan(ino)?;
             self.report.orphans_freed += 1;
         }
         Ok(())
+    }
+
+    /// Write block `b`: to the device, or, in a read-only check, to the
+    /// overlay (what the filesystem's own recovery would write).
+    fn store(
+        &mut self,
+        what: &'static str,
+        b: u64,
+        data: Vec<u8>,
+    ) -> std::result::Result<(), FsckError> {
+        if self.writable() {
+            self.img.write(what, b, &data)?;
+            self.changed = true;
+        } else {
+            self.img.overlay.insert(b, data);
+        }
+        Ok(())
+    }
+
+    /// Free an orphan as the filesystem would: its blocks and inode in the
+    /// bitmaps and group counts, then the inode. Damage met on the way is
+    /// left for the passes (which then count it).
+    fn free_orphan(&mut self, ino: u64) -> std::result::Result<(), FsckError> {
+        let Some(inode) = self.img.inode(ino)? else {
+            return Ok(());
+        };
+        let geo = self.img.geo;
+        let scan = self.img.extents(ino, &inode);
+        let mut blocks: Vec<u64> = scan.tree_blocks.clone();
+        for e in &scan.extents {
+            blocks.extend(e.physical..e.physical_end());
+        }
+        if inode.xattr_block != 0 {
+            blocks.push(inode.xattr_block);
+        }
+        // Group -> (descriptor, block bitmap, inode bitmap), as modified.
+        let mut groups: BTreeMap<u32, (GroupDesc, Vec<u8>, Vec<u8>)> = BTreeMap::new();
+        let load = |img: &Image<'_>, g: u32| -> Result<(GroupDesc, Vec<u8>, Vec<u8>)> {
+            let d = img.desc(g)?;
+            Ok((d, img.block_bitmap(g, &d)?, img.inode_bitmap(g, &d)?))
+        };
+        let (ig, idx) = geo.ino_group(ino);
+        let ok = (|| -> Result<()> {
+            let e = match groups.entry(ig) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(load(&self.img, ig)?),
+            };
+            if bitmap::test(&e.2, idx as usize) {
+                bitmap::clear(&mut e.2, idx as usize);
+                e.0.free_inodes += 1;
+                if inode.file_type() == FileType::Directory {
+                    e.0.used_dirs = e.0.used_dirs.saturating_sub(1);
+                }
+            }
+            for &b in &blocks {
+                let Some((g, i)) = geo.block_group(b) else {
+                    continue;
+                };
+                let e = match groups.entry(g) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(load(&self.img, g)?),
+                };
+                if bitmap::test(&e.1, i as usize) {
+                    bitmap::clear(&mut e.1, i as usize);
+                    e.0.free_blocks += 1;
+                }
+            }
+            Ok(())
+        })();
+        if ok.is_ok() {
+            for (g, (mut d, bm, im)) in groups {
+                let (bb, ib) = (geo.block_bitmap(g), geo.inode_bitmap(g));
+                d.block_bitmap_csum = super::group::bitmap_csum(self.img.seed, bb, &bm);
+                d.inode_bitmap_csum = super::group::bitmap_csum(self.img.seed, ib, &im);
+                d.flags = 0;
+                let (gb, off) = geo.desc_location(g);
+                let mut gdt = self.img.read("group descriptor table", gb)?;
+                d.encode(self.img.seed, g, &mut gdt[off..]);
+                self.store("block bitmap", bb, bm)?;
+                self.store("inode bitmap", ib, im)?;
+                self.store("group descriptor table", gb, gdt)?;
+            }
+            self.img.sb.free_inodes += 1;
+            self.img.sb.free_blocks += blocks.len() as u64;
+        }
+        let (b, mut raw, off) = self.img.inode_block(ino)?;
+        raw[off..off + INODE_SIZE].fill(0);
+        self.store("inode table", b, raw)
     }
 
     /// The inodes of group `g` that may be in use: (descriptor if readable,

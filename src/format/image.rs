@@ -200,15 +200,6 @@ impl<'d> Image<'d> {
         Inode::decode(self.seed, ino, &raw[off..off + INODE_SIZE])
     }
 
-    /// Free inode `ino` in the overlay only (a read-only check's view of
-    /// a repair the filesystem would make itself).
-    pub fn overlay_free_inode(&mut self, ino: u64) -> Result<()> {
-        let (b, mut raw, off) = self.inode_block(ino)?;
-        raw[off..off + INODE_SIZE].fill(0);
-        self.overlay.insert(b, raw);
-        Ok(())
-    }
-
     /// Write inode `ino` (`None`: free it, zeroing its bytes).
     pub fn write_inode(&self, ino: u64, inode: Option<&Inode>) -> Result<()> {
         let (b, mut raw, off) = self.inode_block(ino)?;
