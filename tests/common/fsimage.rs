@@ -74,6 +74,11 @@ pub struct Populated {
 /// directories, a directory of 3000 entries (a tree of depth 1), fast and
 /// slow symlinks, hard links, a device node, a fifo and xattrs.
 pub fn populated() -> Populated {
+    populated_with(3000)
+}
+
+/// [`populated`] with `big` entries in `/bigdir`.
+pub fn populated_with(big: usize) -> Populated {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("fs.img");
     let (code, out) = run(
@@ -82,7 +87,6 @@ pub fn populated() -> Populated {
     );
     assert_eq!(code, 0, "mkfs: {out}");
     let mut files = Vec::new();
-    let big = 3000;
     {
         let dev = open_rw(&image);
         let mut b = Builder::open(&dev, t0()).expect("builder");
