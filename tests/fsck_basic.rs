@@ -21,3 +21,188 @@ fn populated_image_checks_clean() {
     assert_eq!(list(&img, "/bigdir").len(), p.big_dir_entries);
     assert_eq!(readlink(&img, "/slow").unwrap(), vec![b'x'; 300]);
 }
+
+use std::os::unix::fs::MetadataExt;
+
+#[test]
+fn mkfs_help_and_usage_errors() {
+    let (code, out) = run(MKFS, &["--help"]);
+    assert_eq!(code, 0);
+    for s in ["NAME", "SYNOPSIS", "OPTIONS", "EXIT STATUS", "--integrity"] {
+        assert!(out.contains(s), "mkfs --help lacks {s}");
+    }
+    let (code, out) = run(MKFS, &["--no-such-option", "x"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = run(MKFS, &[]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = run(
+        MKFS,
+        &["-b", "1024", "--size", "64M", "/nonexistent/dir/x.img"],
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("block size 1024"), "{out}");
+    let (code, out) = run(FSCK, &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("EXIT STATUS") && out.contains("32"), "{out}");
+    for bad in [
+        &["-z", "x"][..],
+        &[],
+        &["-n", "-y", "x"],
+        &["-n", "--scrub", "x"],
+    ] {
+        let (code, out) = run(FSCK, bad);
+        assert_eq!(code, 16, "{bad:?}: {out}");
+    }
+    let (code, out) = run(FSCK, &["-n", "/nonexistent.img"]);
+    assert_eq!(code, 8, "{out}");
+}
+
+#[test]
+fn mkfs_dry_run_writes_nothing_and_big_images_stay_sparse() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.img");
+    let p = img.to_str().unwrap();
+    let (code, out) = run(MKFS, &["-n", "--size", "10G", p]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dry run") && !img.exists(), "{out}");
+    // A 1 TiB image: constant work, nothing proportional allocated.
+    let (code, out) = run(MKFS, &["-q", "--size", "1T", p]);
+    assert_eq!(code, 0, "{out}");
+    let m = std::fs::metadata(&img).unwrap();
+    assert_eq!(m.len(), 1 << 40);
+    assert!(
+        m.blocks() * 512 < 4 << 20,
+        "{} bytes allocated",
+        m.blocks() * 512
+    );
+    let (code, out) = fsck(&img, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(" 2/") && out.contains("2 directories"),
+        "{out}"
+    );
+}
+
+#[test]
+fn mkfs_refuses_existing_filesystems_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.img");
+    let p = img.to_str().unwrap();
+    assert_eq!(run(MKFS, &["-q", "--size", "64M", "-L", "first", p]).0, 0);
+    let (code, out) = run(MKFS, &["-q", p]);
+    assert_eq!(code, 1);
+    assert!(out.contains("biofs filesystem labelled 'first'"), "{out}");
+    assert_eq!(
+        run(
+            MKFS,
+            &["-q", "-f", "-U", "0b5f1c2e-8a41-4f0e-9d3c-2a6b7e1f4c90", p]
+        )
+        .0,
+        0
+    );
+    let (_, out) = run(MKFS, &["-q", p]);
+    assert!(
+        out.contains("0b5f1c2e-8a41-4f0e-9d3c-2a6b7e1f4c90"),
+        "{out}"
+    );
+    // Other filesystems' signatures, where their mkfs is installed.
+    for (mkfs, args, what) in [
+        ("mkfs.ext4", &["-q", "-F"][..], "ext2/ext3/ext4"),
+        ("mkfs.xfs", &["-q", "-f"][..], "XFS"),
+        ("mkfs.btrfs", &["-q", "-f"][..], "Btrfs"),
+    ] {
+        let other = dir.path().join(format!("{mkfs}.img"));
+        std::fs::File::create(&other)
+            .unwrap()
+            .set_len(300 << 20)
+            .unwrap();
+        let ok = std::process::Command::new(mkfs)
+            .args(args)
+            .arg(&other)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            println!("skipped the {what} signature: {mkfs} is not installed");
+            continue;
+        }
+        let (code, out) = run(MKFS, &["-q", other.to_str().unwrap()]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(what), "{out}");
+    }
+}
+
+#[test]
+fn mkfs_and_fsck_on_a_loop_block_device() {
+    let Some((dev, _guard)) = common::loop_device(96 << 20) else {
+        return;
+    };
+    let d = dev.to_str().unwrap();
+    let (code, out) = run(MKFS, &["-q", "-f", "-L", "loopfs", d]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(MKFS, &["-q", d]);
+    assert_eq!(code, 1, "mkfs must refuse the existing filesystem: {out}");
+    {
+        let dv = open_rw(&dev);
+        let mut b = biofs::format::builder::Builder::open(&dv, t0()).unwrap();
+        let dir = b.mkdir(biofs::format::ROOT_INO, "d", 0o755).unwrap();
+        for i in 0..20 {
+            b.create_file(dir, &format!("f{i}"), 0o644, &content(i, 10_000))
+                .unwrap();
+        }
+        b.finish().unwrap();
+        dv.close().unwrap();
+    }
+    let (code, out) = fsck(&dev, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+    // Damage a link count; repair; check again.
+    {
+        let dv = open_rw(&dev);
+        {
+            let img = biofs::format::image::Image::open(&dv, None).unwrap();
+            let f = lookup(&img, "/d/f3").unwrap();
+            let mut i = img.inode(f).unwrap().unwrap();
+            i.nlink = 9;
+            img.write_inode(f, Some(&i)).unwrap();
+        }
+        dv.close().unwrap();
+    }
+    let (code, out) = fsck(&dev, &["-fy", "--scrub"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("scrubbed") && out.contains(", 0 bad"), "{out}");
+    let (code, out) = fsck(&dev, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn scrub_names_the_file_owning_a_rotten_block() {
+    let p = populated_with(10);
+    // Rot one data block of /dir1/f5 under the engine.
+    let (phys, logical) = {
+        let dv = open_rw(&p.image);
+        let r = {
+            let img = biofs::format::image::Image::open(&dv, None).unwrap();
+            let f = lookup(&img, "/dir1/f5").unwrap();
+            let inode = img.inode(f).unwrap().unwrap();
+            let e = img.extents(f, &inode).extents[0];
+            (e.physical, e.logical)
+        };
+        dv.close().unwrap();
+        r
+    };
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p.image)
+            .unwrap();
+        f.seek(SeekFrom::Start(phys * 4096 + 10)).unwrap();
+        f.write_all(b"rot").unwrap();
+    }
+    let (code, out) = fsck(&p.image, &["-y", "--scrub"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains(&format!("/dir1/f5 (inode")) && out.contains(&format!("block {logical}")),
+        "{out}"
+    );
+    assert!(out.contains("integrity"), "{out}");
+}

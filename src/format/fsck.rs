@@ -21,7 +21,7 @@
 //!
 //! Repairs write directly to the blocks' homes (the check runs offline).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 
 use super::bitmap;
@@ -155,6 +155,24 @@ impl Bits {
         if let Some(w) = self.0.get_mut((i / 64) as usize) {
             *w |= 1 << (i % 64);
         }
+    }
+    /// True if any bit in `[from, to)` is set.
+    fn any_in(&self, from: u64, to: u64) -> bool {
+        let mut i = from;
+        while i < to {
+            if i % 64 == 0 && i + 64 <= to {
+                if self.0.get((i / 64) as usize).is_some_and(|&w| w != 0) {
+                    return true;
+                }
+                i += 64;
+            } else {
+                if self.get(i) {
+                    return true;
+                }
+                i += 1;
+            }
+        }
+        false
     }
     fn clear(&mut self, i: u64) {
         if let Some(w) = self.0.get_mut((i / 64) as usize) {
@@ -468,7 +486,7 @@ impl Checker<'_, '_> {
                         .dev
                         .read_block(log)
                         .map_err(|e| FormatError::io("journal", log, e))?;
-                    self.img.overlay.insert(home, data);
+                    self.img.overlay_put(home, data);
                 }
             }
             self.say(&format!(
@@ -542,7 +560,7 @@ impl Checker<'_, '_> {
             self.img.write(what, b, &data)?;
             self.changed = true;
         } else {
-            self.img.overlay.insert(b, data);
+            self.img.overlay_put(b, data);
         }
         Ok(())
     }
@@ -1317,23 +1335,43 @@ impl Checker<'_, '_> {
         let mut total_free_blocks = 0u64;
         let mut total_free_inodes = 0u64;
         for g in 0..geo.groups {
+            check_cancel()?;
             let start = geo.group_start(g);
+            let data_from = start + u64::from(geo.group_meta_blocks());
+            let end = start + u64::from(geo.group_blocks(g));
+            let first_ino = geo.ino_of(g, 0);
+            let group_inodes: Vec<u64> = used_inodes
+                .range(first_ino..first_ino + u64::from(geo.inodes_per_group))
+                .copied()
+                .collect();
+            let disk = self.img.desc(g);
+            // The common case of a big filesystem: an untouched group.
+            if group_inodes.is_empty()
+                && !used_blocks.any_in(data_from, end)
+                && disk
+                    .as_ref()
+                    .is_ok_and(|d| d.block_uninit() && d.inode_uninit())
+            {
+                total_free_blocks += end - data_from;
+                total_free_inodes += u64::from(geo.inodes_per_group);
+                continue;
+            }
             let mut bmap = uninit_block_bitmap(&geo, g);
-            for i in geo.group_meta_blocks()..geo.group_blocks(g) {
-                if used_blocks.get(start + u64::from(i)) {
-                    bitmap::set(&mut bmap, i as usize);
+            if used_blocks.any_in(data_from, end) {
+                for b in data_from..end {
+                    if used_blocks.get(b) {
+                        bitmap::set(&mut bmap, (b - start) as usize);
+                    }
                 }
             }
             let mut imap = uninit_inode_bitmap(&geo);
             let mut highest = 0u32;
             let mut ndirs = 0u32;
-            for idx in 0..geo.inodes_per_group {
-                let ino = geo.ino_of(g, idx);
-                if used_inodes.contains(&ino) {
-                    bitmap::set(&mut imap, idx as usize);
-                    highest = idx + 1;
-                    ndirs += u32::from(dirs.contains(&ino));
-                }
+            for &ino in &group_inodes {
+                let idx = (ino - first_ino) as u32;
+                bitmap::set(&mut imap, idx as usize);
+                highest = idx + 1;
+                ndirs += u32::from(dirs.contains(&ino));
             }
             let free_blocks = (geo.group_blocks(g) - geo.group_meta_blocks())
                 - bitmap::count_set(
@@ -1345,7 +1383,6 @@ impl Checker<'_, '_> {
                 - bitmap::count_set(&imap, 0, geo.inodes_per_group as usize) as u32;
             total_free_blocks += u64::from(free_blocks);
             total_free_inodes += u64::from(free_inodes);
-            let disk = self.img.desc(g);
             let (bm_disk, im_disk) = match &disk {
                 Ok(d) => (
                     self.img.block_bitmap(g, d).ok(),
@@ -1433,7 +1470,7 @@ impl Checker<'_, '_> {
         g: u32,
         from: u32,
         to: u32,
-        used: &HashSet<u64>,
+        used: &BTreeSet<u64>,
     ) -> std::result::Result<(), FsckError> {
         if !self.writable() || from >= to {
             return Ok(());
@@ -1461,10 +1498,10 @@ impl Checker<'_, '_> {
     /// Blocks and inodes in use, and which inodes are directories, from
     /// the inodes as they now are (after every repair).
     #[allow(clippy::type_complexity)]
-    fn census(&mut self) -> std::result::Result<(Bits, HashSet<u64>, HashSet<u64>), FsckError> {
+    fn census(&mut self) -> std::result::Result<(Bits, BTreeSet<u64>, HashSet<u64>), FsckError> {
         let geo = self.img.geo;
         let mut used = Bits::new(geo.blocks_count);
-        let mut inodes = HashSet::new();
+        let mut inodes = BTreeSet::new();
         let mut dirs = HashSet::new();
         if !self.changed {
             for (&ino, info) in &self.infos {

@@ -27,6 +27,8 @@ pub struct Image<'d> {
     pub sb: Superblock,
     pub geo: Geometry,
     pub seed: u32,
+    /// The GDT block read last (groups are mostly visited in order).
+    gdt_cache: std::cell::RefCell<Option<(u64, Vec<u8>)>>,
     /// Block images that read in place of the device's: the journal's
     /// committed transactions, when a read-only check can't replay them.
     pub overlay: std::collections::HashMap<u64, Vec<u8>>,
@@ -88,6 +90,7 @@ impl<'d> Image<'d> {
             sb,
             geo,
             overlay: Default::default(),
+            gdt_cache: Default::default(),
         })
     }
 
@@ -112,8 +115,19 @@ impl<'d> Image<'d> {
             .map_err(|e| FormatError::io(what, b, e))
     }
 
+    /// Put `data` in the overlay as block `b` (read-only checks).
+    pub fn overlay_put(&mut self, b: u64, data: Vec<u8>) {
+        *self.gdt_cache.borrow_mut() = None;
+        self.overlay.insert(b, data);
+    }
+
     /// Write block `b`.
     pub fn write(&self, what: &'static str, b: u64, data: &[u8]) -> Result<()> {
+        let mut cache = self.gdt_cache.borrow_mut();
+        if cache.as_ref().is_some_and(|(cb, _)| *cb == b) {
+            *cache = None;
+        }
+        drop(cache);
         self.dev
             .write_block(b, data)
             .map_err(|e| FormatError::io(what, b, e))
@@ -129,7 +143,11 @@ impl<'d> Image<'d> {
     /// Group `g`'s descriptor.
     pub fn desc(&self, g: u32) -> Result<GroupDesc> {
         let (b, off) = self.geo.desc_location(g);
-        let raw = self.read("group descriptor table", b)?;
+        let mut cache = self.gdt_cache.borrow_mut();
+        if cache.as_ref().is_none_or(|(cb, _)| *cb != b) {
+            *cache = Some((b, self.read("group descriptor table", b)?));
+        }
+        let raw = &cache.as_ref().map(|(_, r)| r.as_slice()).unwrap_or(&[]);
         GroupDesc::decode(&self.geo, self.seed, g, &raw[off..])
     }
 
