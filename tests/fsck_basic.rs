@@ -201,7 +201,7 @@ fn scrub_names_the_file_owning_a_rotten_block() {
     let (code, out) = fsck(&p.image, &["-y", "--scrub"]);
     assert_eq!(code, 4, "{out}");
     assert!(
-        out.contains(&format!("/dir1/f5 (inode")) && out.contains(&format!("block {logical}")),
+        out.contains("/dir1/f5 (inode") && out.contains(&format!("block {logical}")),
         "{out}"
     );
     assert!(out.contains("integrity"), "{out}");
