@@ -612,3 +612,49 @@ fn f_group_descriptor_bad_checksum() {
     });
     check(&p, "descriptor damaged", &[]);
 }
+
+/// `-n` reports and writes nothing (the image's bytes are unchanged),
+/// exiting 4; then `-p` repairs what is safe.
+#[test]
+fn f_read_only_check_never_writes() {
+    let (_d, p) = copy();
+    edit(&p, |img| {
+        let a = ino(img, "/a.txt");
+        edit_inode(img, a, |i| i.nlink = 3);
+        let d1 = ino(img, "/dir1");
+        edit_dir(img, ROOT_INO, |es| es.retain(|e| e.name != b"dir1"));
+        let _ = d1;
+    });
+    let before = std::fs::read(&p).unwrap();
+    let (code, out) = fsck(&p, &["-fn"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("? no"), "{out}");
+    assert!(
+        std::fs::read(&p).unwrap() == before,
+        "fsck -n changed the image"
+    );
+    let (code, out) = fsck(&p, &["-fp"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = fsck(&p, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Found by the fsck fuzzer: with the group descriptor lost, pass 1 can't
+/// tell a damaged inode from a never-used slot and skips it; pass 5 must
+/// then clear every free slot it vouches for, or the next check finds the
+/// damaged inode.
+#[test]
+fn f_gdt_lost_and_inode_damaged() {
+    let (_d, p) = copy();
+    let gdt = edit(&p, |img| {
+        let a = ino(img, "/dir1/f24");
+        let (b, mut raw, off) = img.inode_block(a).unwrap();
+        raw[off + 68..off + 72].copy_from_slice(&3_786_825_786u32.to_le_bytes());
+        let c = biofs::format::meta_csum(img.seed, a, &raw[off..off + 252]);
+        raw[off + 252..off + 256].copy_from_slice(&c.to_le_bytes());
+        img.write("inode table", b, &raw).unwrap();
+        img.geo.gdt_start
+    });
+    rot(&p, gdt, 0, 16);
+    check(&p, "descriptor damaged", &["/dir1/f24"]);
+}

@@ -5,7 +5,8 @@
 //! an operational error.
 //!
 //! `BIOFS_FSCK_FUZZ_ITERS` (default 6) sets the number of images,
-//! `BIOFS_FSCK_FUZZ_SEED` the seed (printed).
+//! `BIOFS_FSCK_FUZZ_SEED` the seed (printed), `BIOFS_FSCK_FUZZ_ONLY` one
+//! image to rerun, `BIOFS_FSCK_FUZZ_VERBOSE` prints what fsck said.
 
 mod common;
 
@@ -193,9 +194,16 @@ fn mutated_images_never_panic_and_repairs_converge() {
                 .unwrap_or(1)
         });
     eprintln!("fsck fuzz: seed {seed}, {iters} images (BIOFS_FSCK_FUZZ_SEED={seed} to repeat)");
+    let only: Option<u64> = std::env::var("BIOFS_FSCK_FUZZ_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let template = populated_with(600);
-    let mut rng = Rng(seed);
     for it in 0..iters {
+        if only.is_some_and(|o| o != it) {
+            continue;
+        }
+        // Each image's own generator: any one can be rerun alone.
+        let mut rng = Rng(seed ^ it.wrapping_mul(0xA24B_AED4_963E_E407));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fuzz.img");
         std::fs::copy(&template.image, &path).unwrap();

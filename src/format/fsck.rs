@@ -1436,14 +1436,14 @@ impl Checker<'_, '_> {
                 }
                 // Inodes between the old and new mark were never written:
                 // zero their table blocks so that nothing stale is read.
-                if let Ok(old) = &disk {
-                    let from = if old.inode_uninit() {
-                        0
-                    } else {
-                        old.itable_unused_from
-                    };
-                    self.zero_itable(g, from, d.itable_unused_from, &used_inodes)?;
-                }
+                // With the descriptor lost, any free slot may hold damage
+                // pass 1 could not tell from never-used bytes: all of them.
+                let from = match &disk {
+                    Ok(old) if old.inode_uninit() => 0,
+                    Ok(old) => old.itable_unused_from,
+                    Err(_) => 0,
+                };
+                self.zero_itable(g, from, d.itable_unused_from, &used_inodes)?;
                 self.img.write_group(g, &mut d, &bmap, &imap)?;
             }
         }
@@ -1486,11 +1486,18 @@ impl Checker<'_, '_> {
             block_of.entry(b).or_insert_with(Vec::new).push(off);
         }
         for (b, offs) in block_of {
-            let mut raw = self.img.read("inode table", b)?;
+            let mut raw = match self.img.read("inode table", b) {
+                Ok(raw) => raw,
+                Err(e) if e.is_corruption() => vec![0u8; BLOCK_SIZE],
+                Err(e) => return Err(e.into()),
+            };
+            let before = raw.clone();
             for off in offs {
                 raw[off..off + INODE_SIZE].fill(0);
             }
-            self.img.write("inode table", b, &raw)?;
+            if raw != before {
+                self.img.write("inode table", b, &raw)?;
+            }
         }
         Ok(())
     }
