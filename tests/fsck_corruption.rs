@@ -658,3 +658,27 @@ fn f_gdt_lost_and_inode_damaged() {
     rot(&p, gdt, 0, 16);
     check(&p, "descriptor damaged", &["/dir1/f24"]);
 }
+
+#[test]
+fn f_directory_leaf_links() {
+    let (_d, p) = copy();
+    edit(&p, |img| {
+        let d = ino(img, "/bigdir");
+        let inode = img.inode(d).unwrap().unwrap();
+        let ext = img.extents(d, &inode);
+        // Point the first leaf's link back at itself (readdir would loop).
+        let phys = Image::map(&ext.extents, 1).unwrap();
+        let raw = img.read("dir", phys).unwrap();
+        let node = DirNode::decode(img.seed, img.sb.hash_seed, phys, d, &raw).unwrap();
+        let DirNode::Leaf { entries, .. } = node else {
+            panic!("logical block 1 is not a leaf")
+        };
+        let looped = DirNode::Leaf { next: 1, entries };
+        img.write("dir", phys, &looped.encode(img.seed, phys, d))
+            .unwrap();
+    });
+    check(&p, "not linked in order", &[]);
+    edit(&p, |img| {
+        assert_eq!(list(img, "/bigdir").len(), template().big_dir_entries)
+    });
+}

@@ -57,6 +57,8 @@ pub struct ExtentScan {
 pub struct DirScan {
     pub entries: Vec<DirEntry>,
     pub problems: Vec<String>,
+    /// Leaves in index order: (logical block, its `next` link).
+    pub leaves: Vec<(u64, u64)>,
 }
 
 impl<'d> Image<'d> {
@@ -388,6 +390,14 @@ impl<'d> Image<'d> {
         }
         let mut seen = std::collections::HashSet::new();
         self.dir_walk(ino, extents, 0, None, (0, u64::MAX), &mut seen, &mut scan);
+        // readdir follows the leaves' links: they must chain the leaves in
+        // index order and end with 0.
+        let chain_ok = scan.leaves.windows(2).all(|w| w[0].1 == w[1].0)
+            && scan.leaves.last().is_none_or(|l| l.1 == 0);
+        if !chain_ok {
+            scan.problems
+                .push("directory leaves are not linked in order".into());
+        }
         scan
     }
 
@@ -420,7 +430,8 @@ impl<'d> Image<'d> {
             Err(e) => scan
                 .problems
                 .push(format!("directory block {logical}: {e}")),
-            Ok(DirNode::Leaf { entries, .. }) => {
+            Ok(DirNode::Leaf { entries, next }) => {
+                scan.leaves.push((logical, next));
                 if parent_depth.is_some_and(|d| d != 1) {
                     scan.problems
                         .push(format!("directory leaf {logical} at the wrong depth"));
