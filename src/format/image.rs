@@ -453,6 +453,44 @@ impl<'d> Image<'d> {
         }
     }
 
+    /// Look `name` up in directory `ino` by descending its index from the
+    /// root: one block per level. Returns the entry, if any, and the number
+    /// of directory blocks read.
+    pub fn dir_lookup(
+        &self,
+        ino: u64,
+        extents: &[Extent],
+        name: &[u8],
+    ) -> Result<(Option<DirEntry>, u32)> {
+        let hash = super::dir::name_hash(self.sb.hash_seed, name);
+        let mut logical = 0u64;
+        let mut reads = 0u32;
+        for _ in 0..=super::dir::MAX_DEPTH {
+            let Some(phys) = Image::map(extents, logical) else {
+                return Ok((None, reads));
+            };
+            let raw = self.read("directory block", phys)?;
+            reads += 1;
+            match DirNode::decode(self.seed, self.sb.hash_seed, phys, ino, &raw)? {
+                DirNode::Leaf { entries, .. } => {
+                    let e = entries
+                        .into_iter()
+                        .find(|e| e.hash == hash && e.name == name);
+                    return Ok((e, reads));
+                }
+                DirNode::Node { entries, .. } => {
+                    // The last entry whose hash is <= the name's.
+                    let i = entries.partition_point(|e| e.hash <= hash);
+                    logical = entries[i.saturating_sub(1)].child;
+                }
+            }
+        }
+        Err(FormatError::invalid(
+            "directory",
+            format!("inode {ino}: index deeper than allowed"),
+        ))
+    }
+
     /// Write directory `ino` afresh holding `entries`: leaves packed in hash
     /// order, interior nodes above, the root at logical block 0; node blocks
     /// from `alloc`, then its extent tree. Sets the inode's size and block
