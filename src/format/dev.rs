@@ -3,7 +3,7 @@
 //! device's [`Queue`]. Reads are verified against their integrity tuples
 //! when the device has them, the open is read-write and
 //! [`DevOptions::verify`] is set (a read-only open can't use the store: it
-//! would have to mark it in use).
+//! would have to mark it in use, so a read-only check reads unverified).
 
 use std::io;
 use std::path::Path;

@@ -19,8 +19,9 @@ pub enum FormatError {
     /// A field holds a value that is out of range or inconsistent.
     #[error("{what}: {detail}")]
     Invalid { what: &'static str, detail: String },
-    /// Features this build does not know.
-    #[error("unsupported {kind} features {bits:#x}; this biofs is too old for the filesystem")]
+    /// Features (or a format version or block size) this build does not
+    /// support: the bytes are valid, this code is too old or too limited.
+    #[error("unsupported {kind} {bits:#x}; this build of biofs can't use the filesystem")]
     Unsupported { kind: &'static str, bits: u32 },
     /// The device could not be read or written.
     #[error("{what} at block {block}: {source}")]
@@ -55,6 +56,8 @@ impl FormatError {
     /// for other I/O failures (the device itself is in trouble).
     pub fn is_corruption(&self) -> bool {
         match self {
+            // Valid bytes this build can't use: not damage to repair.
+            FormatError::Unsupported { .. } => false,
             FormatError::Io { source, .. } => matches!(
                 super::dev::BioError::errno_of(source),
                 Some(libc::EILSEQ) | Some(libc::ENODATA)

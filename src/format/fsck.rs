@@ -240,6 +240,8 @@ pub fn fsck(
     c.journal()?;
     let clean = c.img.sb.state & STATE_CLEAN != 0
         && c.img.sb.state & STATE_ERRORS == 0
+        && c.img.sb.incompat & INCOMPAT_RECOVER == 0
+        && !c.sb_dirty
         && c.img.sb.orphan_head == 0
         && c.report.problems == 0
         && c.report.journal_transactions == 0;
@@ -436,7 +438,14 @@ impl Checker<'_, '_> {
                     &format!("Journal superblock at block {jsb_block} is damaged ({e})."),
                     "Recreate an empty journal",
                 )? {
-                    Journal::format(self.img.dev, &self.img.sb, 1)?;
+                    // Above any sequence number the old log used, so that
+                    // none of its blocks can pass for a live transaction.
+                    let mut r = [0u8; 8];
+                    crate::sys::random_bytes(&mut r).map_err(|e| {
+                        FsckError::Operational(format!("random sequence number: {e}"))
+                    })?;
+                    let seq = (u64::from_le_bytes(r) >> 2) | (1 << 61);
+                    Journal::format(self.img.dev, &self.img.sb, seq)?;
                 }
                 return Ok(());
             }
@@ -514,11 +523,13 @@ impl Checker<'_, '_> {
         let mut list = Vec::new();
         while ino != 0 {
             if !self.img.geo.ino_valid(ino) || !seen.insert(ino) {
-                if self.problem(
+                if !self.problem(
                     &format!("Orphan list is corrupt at inode {ino}."),
                     "Cut it there",
                 )? {
-                    // Cut below; the inodes already listed are freed.
+                    // Declined: leave the list as it is; its inodes are
+                    // then checked like any other.
+                    return Ok(());
                 }
                 break;
             }
@@ -674,7 +685,13 @@ impl Checker<'_, '_> {
                 continue;
             }
             let nblocks = u64::from(limit.div_ceil(INODES_PER_BLOCK));
-            let table = self.read_table(geo.itable_start(g), nblocks)?;
+            // Table blocks wholly at or after the unused mark may never have
+            // been written: unreadable ones there are not damage.
+            let first_unused = match desc {
+                Some(_) => u64::from(mark.div_ceil(INODES_PER_BLOCK)),
+                None => 0,
+            };
+            let table = self.read_table(geo.itable_start(g), nblocks, first_unused)?;
             for idx in 0..limit {
                 let ino = geo.ino_of(g, idx);
                 let off = idx as usize * INODE_SIZE;
@@ -716,7 +733,15 @@ impl Checker<'_, '_> {
 
     /// Inode-table blocks; an unreadable one (integrity or medium error)
     /// is reported and, when fixing, rewritten as free inodes.
-    fn read_table(&mut self, start: u64, n: u64) -> std::result::Result<Vec<u8>, FsckError> {
+    /// Blocks from index `unused_from` on are past the group's unused mark
+    /// (or, with the descriptor lost, possibly never written): unreadable
+    /// ones there read as free inodes, silently.
+    fn read_table(
+        &mut self,
+        start: u64,
+        n: u64,
+        unused_from: u64,
+    ) -> std::result::Result<Vec<u8>, FsckError> {
         let mut out = Vec::with_capacity((n as usize) * BLOCK_SIZE);
         if self.img.overlay.is_empty() {
             // The fast path: the whole table in large bios.
@@ -730,6 +755,9 @@ impl Checker<'_, '_> {
         for b in start..start + n {
             match self.img.read("inode table", b) {
                 Ok(raw) => out.extend_from_slice(&raw),
+                Err(e) if e.is_corruption() && b - start >= unused_from => {
+                    out.extend_from_slice(&[0u8; BLOCK_SIZE]);
+                }
                 Err(e) if e.is_corruption() => {
                     if self.problem(
                         &format!("Inode table block {b} is unreadable ({e})."),
@@ -757,6 +785,9 @@ impl Checker<'_, '_> {
         let mut owned: u64 = 0;
         let mut has_dup = false;
         let scan = self.img.extents(ino, &inode);
+        if let Some(f) = scan.fatal {
+            return Err(FsckError::Operational(format!("inode {ino}: {f}")));
+        }
         if !scan.problems.is_empty() {
             let msg = format!(
                 "Inode {ino}: extent tree damaged: {}.",
@@ -953,7 +984,11 @@ impl Checker<'_, '_> {
                 .get(&d)
                 .map(|i| i.extents.clone())
                 .unwrap_or_default();
-            scans.push((d, self.img.dir_entries(d, &inode, &extents)));
+            let scan = self.img.dir_entries(d, &inode, &extents);
+            if let Some(f) = scan.fatal {
+                return Err(FsckError::Operational(format!("directory inode {d}: {f}")));
+            }
+            scans.push((d, scan));
         }
         // A directory named by several: the one its own parent field
         // names keeps it (as e2fsck trusts "..").
@@ -1383,11 +1418,17 @@ impl Checker<'_, '_> {
                 - bitmap::count_set(&imap, 0, geo.inodes_per_group as usize) as u32;
             total_free_blocks += u64::from(free_blocks);
             total_free_inodes += u64::from(free_inodes);
+            let fatal = |r: Result<Vec<u8>>| match r {
+                Ok(v) => Ok(Some(v)),
+                Err(e) if e.is_corruption() => Ok(None),
+                Err(e) => Err(FsckError::from(e)),
+            };
             let (bm_disk, im_disk) = match &disk {
                 Ok(d) => (
-                    self.img.block_bitmap(g, d).ok(),
-                    self.img.inode_bitmap(g, d).ok(),
+                    fatal(self.img.block_bitmap(g, d))?,
+                    fatal(self.img.inode_bitmap(g, d))?,
                 ),
+                Err(e) if !e.is_corruption() => return Err(FsckError::Operational(e.to_string())),
                 Err(_) => (None, None),
             };
             let unused_ok = disk
@@ -1530,6 +1571,9 @@ impl Checker<'_, '_> {
                 dirs.insert(ino);
             }
             let scan = self.img.extents(ino, &inode);
+            if let Some(f) = scan.fatal {
+                return Err(FsckError::Operational(format!("inode {ino}: {f}")));
+            }
             for b in scan.tree_blocks {
                 used.set(b);
             }

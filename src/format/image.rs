@@ -50,6 +50,9 @@ pub struct ExtentScan {
     pub tree_blocks: Vec<u64>,
     /// Damage found; non-empty means the tree must be rewritten.
     pub problems: Vec<String>,
+    /// A read failed for a reason other than damage (the device is in
+    /// trouble): nothing may be concluded from this scan.
+    pub fatal: Option<String>,
 }
 
 /// A directory's entries and what was wrong on the way to them.
@@ -57,6 +60,8 @@ pub struct ExtentScan {
 pub struct DirScan {
     pub entries: Vec<DirEntry>,
     pub problems: Vec<String>,
+    /// As [`ExtentScan::fatal`].
+    pub fatal: Option<String>,
     /// Leaves in index order: (logical block, its `next` link).
     pub leaves: Vec<(u64, u64)>,
 }
@@ -306,6 +311,10 @@ impl<'d> Image<'d> {
                             scan.tree_blocks.push(ie.child);
                             self.walk(ino, &c, ie.logical, next.min(hi), *depth, scan);
                         }
+                        Err(e) if !e.is_corruption() => {
+                            scan.fatal
+                                .get_or_insert(format!("extent block {}: {e}", ie.child));
+                        }
                         Err(e) => scan
                             .problems
                             .push(format!("extent block {}: {e}", ie.child)),
@@ -427,6 +436,10 @@ impl<'d> Image<'d> {
             .read("directory block", phys)
             .and_then(|raw| DirNode::decode(self.seed, self.sb.hash_seed, phys, ino, &raw));
         match node {
+            Err(e) if !e.is_corruption() => {
+                scan.fatal
+                    .get_or_insert(format!("directory block {logical}: {e}"));
+            }
             Err(e) => scan
                 .problems
                 .push(format!("directory block {logical}: {e}")),

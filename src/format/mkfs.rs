@@ -1,9 +1,9 @@
 //! Making a new filesystem on a device (the library under `mkfs.biofs`).
 //!
 //! Writes a constant amount whatever the size: the superblock and its
-//! backup, the journal superblock, the GDT zeroed with one write-zeroes
-//! (every group uninitialised), and group 0's bitmaps, first inode-table
-//! block and the root directory's one block. A 1 TiB sparse image formats
+//! backup, the journal superblock, the GDT and group 0's inode table zeroed
+//! with one write-zeroes each (every other group uninitialised), and group
+//! 0's bitmaps, first inode-table block and the root directory's one block. A 1 TiB sparse image formats
 //! in a few milliseconds.
 
 use super::bitmap;
@@ -127,6 +127,10 @@ pub fn make_fs(dev: &Dev, params: &MkfsParams) -> Result<Superblock> {
     // Every group uninitialised: one write-zeroes over the GDT.
     dev.zero_blocks(geo.gdt_start, geo.gdt_blocks)
         .map_err(io("GDT zeroing", geo.gdt_start))?;
+    // Group 0's inode table reads as free inodes (one write-zeroes: a
+    // hole on an image file), whatever the device held before.
+    dev.zero_blocks(geo.itable_start(0), u64::from(geo.itable_blocks))
+        .map_err(io("inode table zeroing", geo.itable_start(0)))?;
     Journal::format(dev, &sb, 1)?;
 
     // Group 0: its metadata, the root's directory block, two inodes.

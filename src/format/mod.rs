@@ -15,9 +15,11 @@
 //! last block   backup superblock
 //! ```
 //!
-//! Nothing here does I/O except [`dev`] (metadata blocks through the
-//! engine) and the journal's replay; the decoders take byte slices, so the
-//! fuzz harness can feed them anything.
+//! The decoders (superblock, group, inode, extent, dir, xattr, journal
+//! blocks) take byte slices and do no I/O, so the fuzz harness can feed them
+//! anything. I/O goes through [`dev`] (blocks through the engine), used by
+//! the journal, [`image`] (metadata by structure), [`mkfs`], [`fsck`] and
+//! [`builder`].
 
 pub mod bitmap;
 pub mod builder;

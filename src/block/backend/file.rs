@@ -3,8 +3,9 @@
 //! The userspace `blkdev` of bcachefs-tools (`linux/blkdev.c`): a bio's
 //! segments become one `preadv`/`pwritev2`, `REQ_FUA` becomes `RWF_DSYNC`,
 //! `REQ_PREFLUSH` becomes `fdatasync`, discard becomes a punched hole (files)
-//! or `BLKDISCARD` (devices), write-zeroes becomes `FALLOC_FL_ZERO_RANGE`
-//! (files) or `BLKZEROOUT` (devices).
+//! or `BLKDISCARD` (devices), write-zeroes becomes a punched hole (files;
+//! `FALLOC_FL_ZERO_RANGE`, then written zero pages, where punching is
+//! unsupported) or `BLKZEROOUT` (devices).
 //!
 //! Errors: every error is the `io::Error` the kernel produced, so
 //! `raw_os_error()` is the device's errno (the queue maps it to a
@@ -196,7 +197,7 @@ impl FileBackend {
     }
 
     /// Writes zero pages over the range: the write-zeroes fallback where
-    /// `FALLOC_FL_ZERO_RANGE` is unsupported.
+    /// neither punching a hole nor `FALLOC_FL_ZERO_RANGE` is supported.
     fn write_zero_pages(&self, offset: u64, len: u64) -> io::Result<()> {
         let zero = Page::new();
         let chunk = (ZERO_CHUNK_PAGES * PAGE_SIZE) as u64;
