@@ -317,8 +317,24 @@ fn run(a: &Args) -> Result<(), String> {
     let backend: Arc<dyn BlockBackend> = Arc::new(backend);
     match &profile {
         Some(p) => {
-            IntegrityStore::format(&*backend, *p)
-                .map_err(|e| format!("integrity metadata: {e}"))?;
+            // Zeroing the tuple region (1/512 of the device) is the one
+            // step that grows with the size: on a block device without a
+            // write-zeroes offload it writes it all. Show that it runs.
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let spinner = (tty && !a.quiet).then(|| {
+                let s = indicatif::ProgressBar::new_spinner();
+                s.set_message(format!(
+                    "laying out integrity metadata ({} of tuples)",
+                    human(dev_bytes / 512)
+                ));
+                s.enable_steady_tick(std::time::Duration::from_millis(120));
+                s
+            });
+            let r = IntegrityStore::format(&*backend, *p);
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            r.map_err(|e| format!("integrity metadata: {e}"))?;
         }
         None => {
             // No tuples: erase any old integrity header so nobody uses it.
