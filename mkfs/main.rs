@@ -267,19 +267,21 @@ fn run(a: &Args) -> Result<(), String> {
         }
         _ => {}
     }
-    if a.dry_run && meta.is_err() {
-        // Nothing to open: plan on the size alone.
-        let s = size.unwrap_or(0);
-        return report_plan(
+    let dry_run = |bytes| {
+        report_plan(
             a,
-            s,
+            bytes,
             profile.as_ref(),
             inodes,
             journal_blocks,
             &label,
             uuid,
             seed,
-        );
+        )
+    };
+    if a.dry_run && meta.is_err() {
+        // Nothing to open: plan on the size alone.
+        return dry_run(size.unwrap_or(0));
     }
     let backend = open_backend(&a.target, a.dry_run)?;
     let dev_bytes = backend.info().size_bytes;
@@ -303,16 +305,7 @@ fn run(a: &Args) -> Result<(), String> {
         }
     }
     if a.dry_run {
-        return report_plan(
-            a,
-            fs_bytes,
-            profile.as_ref(),
-            inodes,
-            journal_blocks,
-            &label,
-            uuid,
-            seed,
-        );
+        return dry_run(fs_bytes);
     }
     let backend: Arc<dyn BlockBackend> = Arc::new(backend);
     match &profile {
@@ -353,7 +346,7 @@ fn run(a: &Args) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("{}: {e}", a.target.display()))?;
-    let mut params = MkfsParams::new(uuid, u64::from_le_bytes(seed), now());
+    let mut params = MkfsParams::new(uuid, u64::from_le_bytes(seed), Timespec::now());
     params.inodes = inodes;
     params.journal_blocks = journal_blocks;
     params.label = label;
@@ -400,7 +393,7 @@ fn report_plan(
             .map_err(|e| format!("integrity layout: {e}"))?,
         None => bytes,
     };
-    let mut params = MkfsParams::new(uuid, u64::from_le_bytes(seed), now());
+    let mut params = MkfsParams::new(uuid, u64::from_le_bytes(seed), Timespec::now());
     params.inodes = inodes;
     params.journal_blocks = journal_blocks;
     params.label = label.to_string();
@@ -417,14 +410,4 @@ fn report_plan(
         profile.map_or("none".to_string(), |p| p.name()),
     );
     Ok(())
-}
-
-fn now() -> Timespec {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timespec {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
-    }
 }

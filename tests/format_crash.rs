@@ -41,15 +41,18 @@ fn t0() -> Timespec {
     Timespec { sec: 1, nsec: 0 }
 }
 
+/// The inode of `name` in the root directory.
+fn in_root(img: &Image<'_>, name: &[u8]) -> Option<u64> {
+    let root = img.inode(ROOT).unwrap().unwrap();
+    let ext = img.extents(ROOT, &root).extents;
+    img.dir_lookup(ROOT, &ext, name).unwrap().0.map(|e| e.ino)
+}
+
 /// Transaction 1: rename /a.txt to /b.txt and chmod it 0600 (the root's
 /// leaf and a.txt's inode block change together).
 fn txn_rename(dev: &Dev) {
     let img = Image::open(dev, None).unwrap();
-    let a = {
-        let root = img.inode(ROOT).unwrap().unwrap();
-        let ext = img.extents(ROOT, &root).extents;
-        img.dir_lookup(ROOT, &ext, b"a.txt").unwrap().0.unwrap().ino
-    };
+    let a = in_root(&img, b"a.txt").unwrap();
     let root = img.inode(ROOT).unwrap().unwrap();
     let ext = img.extents(ROOT, &root).extents;
     let mut es = img.dir_entries(ROOT, &root, &ext).entries;
@@ -141,9 +144,7 @@ fn checkpoint(dev: &Dev, j: &mut Journal, blocks: &[(u64, Vec<u8>)]) {
 /// file's permissions, big.bin's size).
 fn state(dev: &Dev) -> (bool, bool, u32, u64) {
     let img = Image::open(dev, None).unwrap();
-    let root = img.inode(ROOT).unwrap().unwrap();
-    let ext = img.extents(ROOT, &root).extents;
-    let find = |n: &[u8]| img.dir_lookup(ROOT, &ext, n).unwrap().0.map(|e| e.ino);
+    let find = |n: &[u8]| in_root(&img, n);
     let big = find(b"big.bin").unwrap();
     let size = img.inode(big).unwrap().unwrap().size;
     let (a, b) = (find(b"a.txt"), find(b"b.txt"));

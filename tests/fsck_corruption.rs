@@ -127,6 +127,16 @@ fn check(path: &Path, expect_in_output: &str, lost: &[&str]) -> String {
     out
 }
 
+/// The template's files under `prefix`.
+fn files_under(prefix: &str) -> Vec<&'static str> {
+    template()
+        .files
+        .iter()
+        .filter(|(p, _)| p.starts_with(prefix))
+        .map(|(p, _)| p.as_str())
+        .collect()
+}
+
 /// Files (from the template's list) whose inode is in `inos`.
 fn paths_of(path: &Path, inos: &HashSet<u64>) -> Vec<String> {
     edit(path, |img| {
@@ -364,12 +374,7 @@ fn f_directory_leaf_bitrot() {
         Image::map(&ext.extents, 1).unwrap()
     });
     rot(&p, leaf, 64, 32);
-    let lost: Vec<&str> = template()
-        .files
-        .iter()
-        .filter(|(p, _)| p.starts_with("/bigdir/"))
-        .map(|(p, _)| p.as_str())
-        .collect();
+    let lost = files_under("/bigdir/");
     check(&p, "Unattached inode", &lost);
     // Every entry is somewhere: in bigdir or in lost+found.
     edit(&p, |img| {
@@ -387,12 +392,7 @@ fn f_directory_index_root_bitrot() {
         Image::map(&img.extents(d, &inode).extents, 0).unwrap()
     });
     rot(&p, root, 40, 8);
-    let lost: Vec<&str> = template()
-        .files
-        .iter()
-        .filter(|(p, _)| p.starts_with("/bigdir/"))
-        .map(|(p, _)| p.as_str())
-        .collect();
+    let lost = files_under("/bigdir/");
     check(&p, "Directory inode", &lost);
     edit(&p, |img| {
         assert_eq!(list(img, "/lost+found").len(), template().big_dir_entries);
@@ -435,20 +435,14 @@ fn f_directory_entry_wrong_type() {
 #[test]
 fn f_directory_hash_mismatch() {
     let (_d, p) = copy();
-    let moved = edit(&p, |img| {
+    edit(&p, |img| {
         let d1 = ino(img, "/dir1");
         edit_dir(img, d1, |es| {
             es[0].hash ^= 1 << 20;
             es.sort_by(|a, b| a.key().cmp(&b.key()));
         });
-        template()
-            .files
-            .iter()
-            .filter(|(p, _)| p.starts_with("/dir1/"))
-            .map(|(p, _)| p.clone())
-            .collect::<Vec<_>>()
     });
-    let lost: Vec<&str> = moved.iter().map(String::as_str).collect();
+    let lost = files_under("/dir1/");
     check(&p, "does not match the name", &lost);
     // dir1's files (and sub/, with deep.txt) are in lost+found.
     edit(&p, |img| {
@@ -495,20 +489,14 @@ fn f_disconnected_directory() {
         edit_dir(img, ROOT_INO, |es| es.retain(|e| e.name != b"dir1"));
         d1
     });
-    let lost: Vec<String> = template()
-        .files
-        .iter()
-        .filter(|(p, _)| p.starts_with("/dir1/"))
-        .map(|(p, _)| p.clone())
-        .collect();
-    let lost_refs: Vec<&str> = lost.iter().map(String::as_str).collect();
-    check(&p, "Unconnected directory", &lost_refs);
+    let lost = files_under("/dir1/");
+    check(&p, "Unconnected directory", &lost);
     // The whole subtree is under lost+found, contents intact.
     edit(&p, |img| {
         for path in &lost {
             let moved = path.replacen("/dir1/", &format!("/lost+found/#{d1}/"), 1);
             let i = lookup(img, &moved).unwrap_or_else(|| panic!("{moved} missing"));
-            let want = &template().files.iter().find(|(q, _)| q == path).unwrap().1;
+            let want = &template().files.iter().find(|(q, _)| q == *path).unwrap().1;
             assert_eq!(read_file(img, i).as_ref(), Some(want), "{moved}");
         }
     });

@@ -478,25 +478,13 @@ impl Checker<'_, '_> {
             self.changed = true;
         } else {
             let (txns, _) = journal.scan(self.img.dev)?;
-            let mut revoked: HashMap<u64, u64> = HashMap::new();
-            for t in &txns {
-                for &b in &t.revokes {
-                    let e = revoked.entry(b).or_insert(t.seq);
-                    *e = (*e).max(t.seq);
-                }
-            }
-            for t in &txns {
-                for &(home, log) in &t.blocks {
-                    if revoked.get(&home).is_some_and(|&r| r >= t.seq) {
-                        continue;
-                    }
-                    let data = self
-                        .img
-                        .dev
-                        .read_block(log)
-                        .map_err(|e| FormatError::io("journal", log, e))?;
-                    self.img.overlay_put(home, data);
-                }
+            for (home, log) in super::journal::images_to_replay(&txns).0 {
+                let data = self
+                    .img
+                    .dev
+                    .read_block(log)
+                    .map_err(|e| FormatError::io("journal", log, e))?;
+                self.img.overlay_put(home, data);
             }
             self.say(&format!(
                 "{}: journal has {} committed transactions; checking as if replayed (read-only)",
@@ -594,16 +582,23 @@ impl Checker<'_, '_> {
         }
         // Group -> (descriptor, block bitmap, inode bitmap), as modified.
         let mut groups: BTreeMap<u32, (GroupDesc, Vec<u8>, Vec<u8>)> = BTreeMap::new();
-        let load = |img: &Image<'_>, g: u32| -> Result<(GroupDesc, Vec<u8>, Vec<u8>)> {
-            let d = img.desc(g)?;
-            Ok((d, img.block_bitmap(g, &d)?, img.inode_bitmap(g, &d)?))
-        };
+        type Group = (GroupDesc, Vec<u8>, Vec<u8>);
+        fn group<'m>(
+            groups: &'m mut BTreeMap<u32, Group>,
+            img: &Image<'_>,
+            g: u32,
+        ) -> Result<&'m mut Group> {
+            if let std::collections::btree_map::Entry::Vacant(v) = groups.entry(g) {
+                let d = img.desc(g)?;
+                v.insert((d, img.block_bitmap(g, &d)?, img.inode_bitmap(g, &d)?));
+            }
+            groups
+                .get_mut(&g)
+                .ok_or_else(|| FormatError::invalid("fsck", "group vanished"))
+        }
         let (ig, idx) = geo.ino_group(ino);
         let ok = (|| -> Result<()> {
-            let e = match groups.entry(ig) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(load(&self.img, ig)?),
-            };
+            let e = group(&mut groups, &self.img, ig)?;
             if bitmap::test(&e.2, idx as usize) {
                 bitmap::clear(&mut e.2, idx as usize);
                 e.0.free_inodes += 1;
@@ -615,10 +610,7 @@ impl Checker<'_, '_> {
                 let Some((g, i)) = geo.block_group(b) else {
                     continue;
                 };
-                let e = match groups.entry(g) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => v.insert(load(&self.img, g)?),
-                };
+                let e = group(&mut groups, &self.img, g)?;
                 if bitmap::test(&e.1, i as usize) {
                     bitmap::clear(&mut e.1, i as usize);
                     e.0.free_blocks += 1;
@@ -1229,7 +1221,7 @@ impl Checker<'_, '_> {
 
     /// Write a new empty directory `ino` under `parent`.
     fn make_dir(&mut self, ino: u64, parent: u64, perm: u32) -> std::result::Result<(), FsckError> {
-        let now = now();
+        let now = Timespec::now();
         let mut d = Inode::new(S_IFDIR | perm, 0, 0, now);
         d.nlink = 2;
         d.rdev_or_parent = parent;
@@ -1669,7 +1661,7 @@ impl Checker<'_, '_> {
         };
         if self.img.sb.state != state || self.sb_dirty || self.changed {
             self.img.sb.state = state;
-            self.img.sb.check_time = now().sec;
+            self.img.sb.check_time = Timespec::now().sec;
             self.img.write_superblock()?;
         }
         self.img
@@ -1708,14 +1700,4 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
         bar.set_style(style);
     }
     Some(bar)
-}
-
-fn now() -> Timespec {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timespec {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
-    }
 }

@@ -39,6 +39,19 @@ pub struct Timespec {
     pub nsec: u32,
 }
 
+impl Timespec {
+    /// The current wall-clock time.
+    pub fn now() -> Timespec {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
+    }
+}
+
 /// The file type encoded in a mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileType {

@@ -341,29 +341,17 @@ impl Journal {
             return Ok(report);
         }
         let (txns, _) = self.scan(dev)?;
-        // Revokes: block -> highest seq revoking it.
-        let mut revoked = std::collections::HashMap::new();
-        for t in &txns {
-            for &b in &t.revokes {
-                let e = revoked.entry(b).or_insert(t.seq);
-                *e = (*e).max(t.seq);
-            }
+        let (images, revoked) = images_to_replay(&txns);
+        report.revoked = revoked;
+        for (target, log) in images {
+            let data = dev
+                .read_block(log)
+                .map_err(|e| FormatError::io("journal read", log, e))?;
+            dev.write_block(target, &data)
+                .map_err(|e| FormatError::io("journal replay", target, e))?;
+            report.blocks += 1;
         }
-        for t in &txns {
-            for &(target, log) in &t.blocks {
-                if revoked.get(&target).is_some_and(|&r| r >= t.seq) {
-                    report.revoked += 1;
-                    continue;
-                }
-                let data = dev
-                    .read_block(log)
-                    .map_err(|e| FormatError::io("journal read", log, e))?;
-                dev.write_block(target, &data)
-                    .map_err(|e| FormatError::io("journal replay", target, e))?;
-                report.blocks += 1;
-            }
-            report.transactions += 1;
-        }
+        report.transactions = txns.len() as u64;
         dev.flush()
             .map_err(|e| FormatError::io("journal replay flush", self.area, e))?;
         self.sb.seq += txns.len() as u64;
@@ -449,6 +437,32 @@ impl Journal {
         self.head = 1;
         self.write_super(dev)
     }
+}
+
+/// What replaying `txns` (in order) writes: (home block, log block of its
+/// image), skipping images a revoke in the same or a later transaction
+/// cancels, and how many were skipped.
+pub fn images_to_replay(txns: &[Txn]) -> (Vec<(u64, u64)>, u64) {
+    // Block -> the highest sequence number revoking it.
+    let mut revoked = std::collections::HashMap::new();
+    for t in txns {
+        for &b in &t.revokes {
+            let e = revoked.entry(b).or_insert(t.seq);
+            *e = (*e).max(t.seq);
+        }
+    }
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for t in txns {
+        for &(home, log) in &t.blocks {
+            if revoked.get(&home).is_some_and(|&r| r >= t.seq) {
+                skipped += 1;
+            } else {
+                out.push((home, log));
+            }
+        }
+    }
+    (out, skipped)
 }
 
 /// A complete transaction found in the log.
