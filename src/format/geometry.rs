@@ -74,6 +74,15 @@ impl Geometry {
                 format!("a journal of {journal_blocks} blocks is below the minimum {MIN_JOURNAL_BLOCKS}"),
             ));
         }
+        // Bounded by the device, so that the head below can't overflow.
+        if journal_blocks >= blocks_count {
+            return Err(FormatError::invalid(
+                "geometry",
+                format!(
+                    "a journal of {journal_blocks} blocks does not fit in {blocks_count} blocks"
+                ),
+            ));
+        }
         let ipg = inodes_per_group.div_ceil(INODES_PER_BLOCK) * INODES_PER_BLOCK;
         let itable_blocks = ipg / INODES_PER_BLOCK;
         let bpg = u64::from(BLOCKS_PER_GROUP);
@@ -247,6 +256,15 @@ mod tests {
         assert!(Geometry::new(10_000, 0, 256).is_err());
         assert!(Geometry::new(10_000, 16, 10).is_err());
         assert!(Geometry::new(u64::MAX, 16, 256).is_err());
+    }
+
+    /// Found by tests/fuzz_decoders.rs: a journal length near u64::MAX (a
+    /// damaged superblock field) overflowed `journal_start + journal_blocks`.
+    #[test]
+    fn regression_huge_journal_does_not_overflow() {
+        assert!(Geometry::new(1024, 12729, u64::MAX).is_err());
+        assert!(Geometry::new(9962, 17081, u64::MAX - 2).is_err());
+        assert!(Geometry::new(10_000, 16, 10_000).is_err());
     }
 
     #[test]
