@@ -8,6 +8,7 @@
 
 use super::codec::{Reader, Writer};
 use super::error::{FormatError, Result};
+use super::geometry::MAX_BLOCKS;
 use super::{block_csum, BLOCKS_PER_GROUP, BLOCK_SIZE, MAX_FILE_BLOCKS};
 
 /// Magic of an extent node.
@@ -168,6 +169,7 @@ impl ExtentNode {
                     || e.len == 0
                     || e.len > MAX_EXTENT_LEN
                     || e.physical == 0
+                    || e.physical > MAX_BLOCKS - u64::from(e.len)
                     || e.logical >= MAX_FILE_BLOCKS
                     || e.logical_end() > MAX_FILE_BLOCKS
                 {
@@ -332,6 +334,28 @@ mod tests {
             ExtentNode::decode_block(3, 78, 12, &b).is_err(),
             "misplaced"
         );
+    }
+
+    /// Found by tests/fuzz_decoders.rs: an extent at physical block
+    /// u64::MAX decoded, and its `physical_end()` then overflowed. Extents
+    /// must lie below the largest filesystem.
+    #[test]
+    fn regression_physical_end_of_a_decoded_extent_cannot_overflow() {
+        let mut raw = [0u8; INLINE_EXTENT_BYTES];
+        for (physical, ok) in [
+            (u64::MAX, false),
+            (u64::MAX - 1, false),
+            (MAX_BLOCKS - 11486, false),
+            (MAX_BLOCKS - 11487, true),
+        ] {
+            let leaf = ExtentNode::Leaf(vec![ext(4294934528, physical, 11487)]);
+            leaf.encode_inline(&mut raw);
+            match ExtentNode::decode_inline(&raw) {
+                Ok(ExtentNode::Leaf(es)) if ok => assert_eq!(es[0].physical_end(), MAX_BLOCKS),
+                Err(_) if !ok => {}
+                other => panic!("physical {physical}: {other:?}"),
+            }
+        }
     }
 
     #[test]
