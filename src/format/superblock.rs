@@ -254,7 +254,12 @@ impl Superblock {
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(LABEL_MAX);
-        let label = String::from_utf8_lossy(&label_bytes[..end]).into_owned();
+        let mut label = String::from_utf8_lossy(&label_bytes[..end]).into_owned();
+        // Each invalid byte became a 3-byte U+FFFD: cut the label back to
+        // its field at a character boundary, so it encodes as it decodes.
+        while label.len() > LABEL_MAX {
+            label.pop();
+        }
         let sb = Superblock {
             version,
             compat: r.u32(16),
@@ -349,6 +354,23 @@ mod tests {
             bad[byte] ^= 0x10;
             assert!(Superblock::decode(&bad, 0).is_err(), "flip at {byte}");
         }
+    }
+
+    /// Found by tests/fuzz_decoders.rs: a label that is not UTF-8 (here a
+    /// flipped bit in the 17th of 32 'é') decoded lossily to 66 bytes, more
+    /// than the field holds, so encoding it cut a character in two and the
+    /// superblock did not decode to the same value again.
+    #[test]
+    fn regression_invalid_utf8_label_round_trips() {
+        let mut sb = sample();
+        sb.label = "é".repeat(LABEL_MAX / 2);
+        let mut buf = sb.encode(0);
+        buf[48 + 33] ^= 0x80;
+        let csum = meta_csum(sb.seed(), 0, &buf[..CSUM_OFF]);
+        Writer(&mut buf).u32(CSUM_OFF, csum);
+        let got = Superblock::decode(&buf, 0).unwrap();
+        assert!(got.label.len() <= LABEL_MAX, "{:?}", got.label);
+        assert_eq!(Superblock::decode(&got.encode(0), 0).unwrap(), got);
     }
 
     #[test]
