@@ -25,6 +25,10 @@ pub const SB_MAGIC: [u8; 8] = *b"BIOFSJNL";
 pub const LOG_MAGIC: u32 = 0x4A42_494F;
 const HDR: usize = 24;
 const CSUM_OFF: usize = 20;
+/// Sequence numbers a journal superblock may hold are below this, so that
+/// the sequence arithmetic of scan, replay and commit can't overflow
+/// (2^63 transactions take 290,000 years at a million a second).
+pub const MAX_SEQ: u64 = 1 << 63;
 /// Block numbers per descriptor or revoke block.
 pub const TAGS_PER_BLOCK: usize = (BLOCK_SIZE - HDR) / 8;
 
@@ -87,6 +91,12 @@ impl JournalSuper {
                     "length {} (superblock says {expect_len}), start {}",
                     j.len, j.start
                 ),
+            ));
+        }
+        if j.seq >= MAX_SEQ {
+            return Err(FormatError::invalid(
+                "journal superblock",
+                format!("sequence number {} is not below {MAX_SEQ}", j.seq),
             ));
         }
         Ok(j)
@@ -472,4 +482,38 @@ pub struct Txn {
     /// (home block, log block holding its image)
     pub blocks: Vec<(u64, u64)>,
     pub revokes: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::block::backend::MemBackend;
+    use crate::format::dev::DevOptions;
+    use crate::format::Geometry;
+
+    /// Found by tests/fuzz_decoders.rs: a journal superblock holding
+    /// sequence number u64::MAX (checksum intact) decoded, and the next
+    /// commit overflowed `seq + 1`.
+    #[test]
+    fn regression_sequence_number_near_u64_max_is_refused() {
+        let geo = Geometry::new(982, 16, 581).unwrap();
+        let sb = Superblock::new(&geo, [3; 16], "", 0, 0);
+        let mem = MemBackend::new(geo.blocks_count * BLOCK_SIZE as u64);
+        let dev = Dev::from_backend(Arc::new(mem), DevOptions::default()).unwrap();
+        for seq in [u64::MAX, MAX_SEQ] {
+            Journal::format(&dev, &sb, seq).unwrap();
+            assert!(Journal::open(&dev, &sb).is_err(), "seq {seq}");
+        }
+        Journal::format(&dev, &sb, MAX_SEQ - 1).unwrap();
+        let mut j = Journal::open(&dev, &sb).unwrap();
+        let target = geo.head + 100;
+        assert_eq!(
+            j.commit(&dev, &[(target, vec![0; BLOCK_SIZE])], &[])
+                .unwrap(),
+            MAX_SEQ - 1
+        );
+        dev.close().unwrap();
+    }
 }
