@@ -25,9 +25,10 @@ pub const SB_MAGIC: [u8; 8] = *b"BIOFSJNL";
 pub const LOG_MAGIC: u32 = 0x4A42_494F;
 const HDR: usize = 24;
 const CSUM_OFF: usize = 20;
-/// Sequence numbers a journal superblock may hold are below this, so that
-/// the sequence arithmetic of scan, replay and commit can't overflow
-/// (2^63 transactions take 290,000 years at a million a second).
+/// Sequence numbers stay at most this, so that the sequence arithmetic of
+/// scan, replay and commit can't overflow (2^63 transactions take 290,000
+/// years at a million a second): a journal superblock may hold it, no
+/// transaction has it.
 pub const MAX_SEQ: u64 = 1 << 63;
 /// Block numbers per descriptor or revoke block.
 pub const TAGS_PER_BLOCK: usize = (BLOCK_SIZE - HDR) / 8;
@@ -93,10 +94,10 @@ impl JournalSuper {
                 ),
             ));
         }
-        if j.seq >= MAX_SEQ {
+        if j.seq > MAX_SEQ {
             return Err(FormatError::invalid(
                 "journal superblock",
-                format!("sequence number {} is not below {MAX_SEQ}", j.seq),
+                format!("sequence number {} is beyond {MAX_SEQ}", j.seq),
             ));
         }
         Ok(j)
@@ -259,6 +260,12 @@ impl Journal {
     /// transaction survives a crash. The homes are not written: replay (or
     /// the filesystem's checkpoint) does that.
     pub fn commit(&mut self, dev: &Dev, blocks: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<u64> {
+        if self.next_seq >= MAX_SEQ {
+            return Err(FormatError::invalid(
+                "journal",
+                "sequence numbers exhausted",
+            ));
+        }
         let need = Journal::blocks_needed(blocks.len(), revokes.len());
         let used = if self.sb.start == 0 {
             0
@@ -393,7 +400,7 @@ impl Journal {
             };
             let mut crc = 0u32;
             loop {
-                if steps >= max_steps {
+                if steps >= max_steps || seq >= MAX_SEQ {
                     break 'txn;
                 }
                 let at = self.log_block(pos);
@@ -502,18 +509,38 @@ mod tests {
         let sb = Superblock::new(&geo, [3; 16], "", 0, 0);
         let mem = MemBackend::new(geo.blocks_count * BLOCK_SIZE as u64);
         let dev = Dev::from_backend(Arc::new(mem), DevOptions::default()).unwrap();
-        for seq in [u64::MAX, MAX_SEQ] {
+        for seq in [u64::MAX, MAX_SEQ + 1] {
             Journal::format(&dev, &sb, seq).unwrap();
             assert!(Journal::open(&dev, &sb).is_err(), "seq {seq}");
         }
+        dev.close().unwrap();
+    }
+
+    /// Found by tests/fuzz_decoders.rs (after the fix above): a journal at
+    /// sequence number 2^63 - 1 committed transactions 2^63 - 1 and 2^63,
+    /// and replaying them wrote a journal superblock at 2^63 + 1, which its
+    /// own decoder then refused. No transaction gets MAX_SEQ, so whatever
+    /// the journal writes decodes.
+    #[test]
+    fn regression_replay_near_max_seq_leaves_a_journal_that_opens() {
+        let geo = Geometry::new(996, 16, 256).unwrap();
+        let sb = Superblock::new(&geo, [3; 16], "", 0, 0);
+        let mem = MemBackend::new(geo.blocks_count * BLOCK_SIZE as u64);
+        let dev = Dev::from_backend(Arc::new(mem), DevOptions::default()).unwrap();
+        let target = geo.head + 100;
+        let image = vec![7u8; BLOCK_SIZE];
         Journal::format(&dev, &sb, MAX_SEQ - 1).unwrap();
         let mut j = Journal::open(&dev, &sb).unwrap();
-        let target = geo.head + 100;
         assert_eq!(
-            j.commit(&dev, &[(target, vec![0; BLOCK_SIZE])], &[])
-                .unwrap(),
+            j.commit(&dev, &[(target, image.clone())], &[]).unwrap(),
             MAX_SEQ - 1
         );
+        assert!(j.commit(&dev, &[(target, image.clone())], &[]).is_err());
+        let mut j = Journal::open(&dev, &sb).unwrap();
+        assert_eq!(j.replay(&dev).unwrap().transactions, 1);
+        let j = Journal::open(&dev, &sb).unwrap();
+        assert_eq!(j.sb.seq, MAX_SEQ);
+        assert_eq!(dev.read_block(target).unwrap(), image);
         dev.close().unwrap();
     }
 }
