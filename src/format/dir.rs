@@ -192,14 +192,7 @@ impl DirNode {
         }
         let stored = r.u32(CSUM_OFF);
         let computed = block_csum(seed, block, raw, CSUM_OFF);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: "directory block",
-                nr: block,
-                stored,
-                computed,
-            });
-        }
+        FormatError::check_csum("directory block", block, stored, computed)?;
         let bad =
             |d: String| FormatError::invalid("directory block", format!("block {block}: {d}"));
         if r.u64(8) != owner {

@@ -42,6 +42,20 @@ impl FormatError {
         }
     }
 
+    /// `Err(BadChecksum)` unless the stored and computed checksums agree.
+    pub fn check_csum(what: &'static str, nr: u64, stored: u32, computed: u32) -> Result<()> {
+        if stored == computed {
+            Ok(())
+        } else {
+            Err(FormatError::BadChecksum {
+                what,
+                nr,
+                stored,
+                computed,
+            })
+        }
+    }
+
     /// An [`FormatError::Io`].
     pub fn io(what: &'static str, block: u64, source: io::Error) -> FormatError {
         FormatError::Io {

@@ -260,14 +260,7 @@ impl ExtentNode {
         }
         let stored = r.u32(BLOCK_CSUM_OFF);
         let computed = block_csum(seed, block, raw, BLOCK_CSUM_OFF);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: "extent block",
-                nr: block,
-                stored,
-                computed,
-            });
-        }
+        FormatError::check_csum("extent block", block, stored, computed)?;
         if r.u64(8) != owner {
             return Err(FormatError::invalid(
                 "extent block",

@@ -82,14 +82,7 @@ impl GroupDesc {
         let r = Reader(raw);
         let stored = r.u32(28);
         let computed = meta_csum(seed, u64::from(g), &raw[..28]);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: "group descriptor",
-                nr: u64::from(g),
-                stored,
-                computed,
-            });
-        }
+        FormatError::check_csum("group descriptor", u64::from(g), stored, computed)?;
         let d = GroupDesc {
             flags: r.u16(0),
             free_blocks: r.u32(4),

@@ -612,16 +612,7 @@ impl<'d> Image<'d> {
 }
 
 fn check_bitmap(seed: u32, b: u64, raw: &[u8], stored: u32, what: &'static str) -> Result<()> {
-    let computed = bitmap_csum(seed, b, raw);
-    if computed != stored {
-        return Err(FormatError::BadChecksum {
-            what,
-            nr: b,
-            stored,
-            computed,
-        });
-    }
-    Ok(())
+    FormatError::check_csum(what, b, stored, bitmap_csum(seed, b, raw))
 }
 
 /// Blocks of `BLOCK_SIZE` bytes in `n` bytes, rounded up.

@@ -254,14 +254,7 @@ impl Inode {
         let r = Reader(raw);
         let stored = r.u32(CSUM_OFF);
         let computed = meta_csum(seed, ino, &raw[..CSUM_OFF]);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: "inode",
-                nr: ino,
-                stored,
-                computed,
-            });
-        }
+        FormatError::check_csum("inode", ino, stored, computed)?;
         let bad = |d: String| FormatError::invalid("inode", format!("inode {ino}: {d}"));
         let mode = r.u32(0);
         let ft = FileType::from_mode(mode).ok_or_else(|| bad(format!("mode {mode:o}")))?;

@@ -72,14 +72,7 @@ impl JournalSuper {
             });
         }
         let (stored, computed) = (r.u32(CSUM_OFF), block_csum(seed, block, raw, CSUM_OFF));
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: "journal superblock at block",
-                nr: block,
-                stored,
-                computed,
-            });
-        }
+        FormatError::check_csum("journal superblock at block", block, stored, computed)?;
         let j = JournalSuper {
             len: r.u64(24),
             start: r.u64(32),

@@ -208,14 +208,7 @@ impl Superblock {
         uuid.copy_from_slice(&buf[32..48]);
         let stored = r.u32(CSUM_OFF);
         let computed = meta_csum(uuid_seed(&uuid), block, &buf[..CSUM_OFF]);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: "superblock at block",
-                nr: block,
-                stored,
-                computed,
-            });
-        }
+        FormatError::check_csum("superblock at block", block, stored, computed)?;
         let version = r.u32(8);
         if version != VERSION {
             return Err(FormatError::invalid(

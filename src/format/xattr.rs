@@ -138,14 +138,7 @@ pub fn decode(seed: u32, block: u64, owner: u64, raw: &[u8]) -> Result<Vec<Xattr
     }
     let stored = r.u32(CSUM_OFF);
     let computed = block_csum(seed, block, raw, CSUM_OFF);
-    if stored != computed {
-        return Err(FormatError::BadChecksum {
-            what: "xattr block",
-            nr: block,
-            stored,
-            computed,
-        });
-    }
+    FormatError::check_csum("xattr block", block, stored, computed)?;
     let bad = |d: String| FormatError::invalid("xattr block", format!("block {block}: {d}"));
     if r.u64(8) != owner {
         return Err(bad(format!("belongs to inode {}, not {owner}", r.u64(8))));
