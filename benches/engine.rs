@@ -103,19 +103,7 @@ struct Figure {
 }
 
 fn parse_bytes(s: &str) -> BenchResult<u64> {
-    let s = s.trim();
-    let (num, shift) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&s[..s.len() - 1], 10),
-        Some('M') => (&s[..s.len() - 1], 20),
-        Some('G') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a byte count (like 1073741824, 512M or 1G)"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    biofs::format::units::parse_size(s)
 }
 
 fn parse_args() -> BenchResult<Option<Args>> {

@@ -79,14 +79,7 @@ fn txn_rename(dev: &Dev) {
 /// first (ordered data), then the inode, bitmap and descriptor together.
 fn txn_append(dev: &Dev) {
     let img = Image::open(dev, None).unwrap();
-    let root = img.inode(ROOT).unwrap().unwrap();
-    let ext = img.extents(ROOT, &root).extents;
-    let big = img
-        .dir_lookup(ROOT, &ext, b"big.bin")
-        .unwrap()
-        .0
-        .unwrap()
-        .ino;
+    let big = in_root(&img, b"big.bin").unwrap();
     let mut inode = img.inode(big).unwrap().unwrap();
     let d = img.desc(0).unwrap();
     let mut bm = img.block_bitmap(0, &d).unwrap();
@@ -230,14 +223,7 @@ fn every_crash_state_recovers_to_a_whole_transaction() {
         if s == after2 {
             // The appended blocks hold what was written, never stale bytes.
             let img = Image::open(&dev, None).unwrap();
-            let root = img.inode(ROOT).unwrap().unwrap();
-            let ext = img.extents(ROOT, &root).extents;
-            let big = img
-                .dir_lookup(ROOT, &ext, b"big.bin")
-                .unwrap()
-                .0
-                .unwrap()
-                .ino;
+            let big = in_root(&img, b"big.bin").unwrap();
             let inode = img.inode(big).unwrap().unwrap();
             let es = img.extents(big, &inode).extents;
             for l in 3..11u64 {

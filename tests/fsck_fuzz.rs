@@ -19,22 +19,7 @@ use biofs::format::fsck::{fsck, FsckError, FsckOptions, FsckReport, Mode};
 use biofs::format::image::Image;
 use biofs::format::{block_csum, meta_csum, BLOCK_SIZE, INODE_SIZE};
 use common::fsimage::*;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use common::rng::Rng;
 
 /// A metadata block and how its checksum is computed.
 #[derive(Clone, Copy, Debug)]

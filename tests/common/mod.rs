@@ -175,3 +175,6 @@ pub use engine::*;
 
 #[allow(dead_code)] // only the fsck tests use it
 pub mod fsimage;
+
+#[allow(dead_code)] // each fuzzer uses part of it
+pub mod rng;
