@@ -204,6 +204,10 @@ fn main() -> ExitCode {
             eprintln!("fsck.biofs: cancelled");
             32
         }
+        Err(e @ FsckError::CancelledAfterRepairs) => {
+            eprintln!("fsck.biofs: {e}");
+            32 | 1
+        }
         Err(e @ FsckError::NeedsManual(_)) => {
             eprintln!("fsck.biofs: {}: {e}", target.display());
             4

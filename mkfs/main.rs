@@ -249,23 +249,32 @@ fn run(a: &Args) -> Result<(), String> {
         use std::os::unix::fs::FileTypeExt;
         meta.as_ref().is_ok_and(|m| m.file_type().is_block_device())
     };
-    match (&meta, size) {
-        (Err(e), _) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("{}: {e}", a.target.display()))
+    if let Err(e) = &meta {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(format!("{}: {e}", a.target.display()));
         }
-        (Err(_), None) => {
+        if size.is_none() {
             return Err(format!(
                 "{}: no such file; give --size to create an image",
                 a.target.display()
-            ))
+            ));
         }
-        (Err(_), Some(s)) | (Ok(_), Some(s))
-            if !is_blockdev && !a.dry_run && meta.as_ref().map_or(true, |m| m.len() < s) =>
-        {
+    }
+    // Refuse before changing anything (growing the image would move the
+    // old filesystem's integrity header out of reach).
+    if meta.is_ok() && !a.force {
+        if let Some(what) = signature(&open_backend(&a.target, true)?) {
+            return Err(format!(
+                "{} contains {what}; use -f to overwrite it",
+                a.target.display()
+            ));
+        }
+    }
+    if let Some(s) = size {
+        if !is_blockdev && !a.dry_run && meta.as_ref().map_or(true, |m| m.len() < s) {
             FileBackend::create(&a.target, s)
                 .map_err(|e| format!("{}: can't create or grow: {e}", a.target.display()))?;
         }
-        _ => {}
     }
     let dry_run = |bytes| {
         report_plan(
@@ -296,14 +305,6 @@ fn run(a: &Args) -> Result<(), String> {
         Some(s) if is_blockdev => s,
         _ => dev_bytes,
     };
-    if !a.force {
-        if let Some(what) = signature(&backend) {
-            return Err(format!(
-                "{} contains {what}; use -f to overwrite it",
-                a.target.display()
-            ));
-        }
-    }
     if a.dry_run {
         return dry_run(fs_bytes);
     }

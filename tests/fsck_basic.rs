@@ -261,3 +261,59 @@ fn fsck_refuses_unsupported_features() {
     assert_eq!(code, 8, "{out}");
     assert!(out.contains("unsupported"), "{out}");
 }
+
+/// Found in review: mkfs over a slightly larger old biofs left the old
+/// backup superblock past the new one, and fsck restored the old
+/// filesystem's superblock over a damaged primary, losing every file.
+/// mkfs now erases old backups, and fsck checks a backup against the
+/// journal superblock it names.
+#[test]
+fn fsck_never_restores_an_earlier_filesystems_backup() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("s.img");
+    let p = img.to_str().unwrap();
+    assert_eq!(
+        run(
+            MKFS,
+            &["-q", "-I", "crc32c", "-s", "130M", "-i", "65536", "-L", "OLD", p]
+        )
+        .0,
+        0
+    );
+    assert_eq!(
+        run(
+            MKFS,
+            &["-q", "-f", "-I", "none", "-i", "16384", "-L", "NEW", p]
+        )
+        .0,
+        0
+    );
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.seek(SeekFrom::Start(100)).unwrap();
+        f.write_all(&[0xA5; 64]).unwrap();
+    }
+    let (code, out) = fsck(&img, &["-fy"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("Root directory is missing"), "{out}");
+    let (code, out) = fsck(&img, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = run(MKFS, &["-q", p]);
+    assert!(out.contains("labelled 'NEW'"), "{out}");
+}
+
+/// Found in review: a refused mkfs grew the image first.
+#[test]
+fn a_refused_mkfs_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    let p = img.to_str().unwrap();
+    assert_eq!(run(MKFS, &["-q", "-s", "64M", p]).0, 0);
+    let before = std::fs::read(&img).unwrap();
+    assert_eq!(run(MKFS, &["-q", "-s", "128M", p]).0, 1);
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the refused mkfs changed the image"
+    );
+}

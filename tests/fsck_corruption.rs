@@ -670,3 +670,50 @@ fn f_directory_leaf_links() {
         assert_eq!(list(img, "/bigdir").len(), template().big_dir_entries)
     });
 }
+
+/// Found in review: a regular file named lost+found was unlinked silently.
+#[test]
+fn f_lost_found_is_a_file() {
+    let (_d, p) = copy();
+    edit(&p, |img| {
+        let lf = ino(img, "/lost+found");
+        let a = ino(img, "/a.txt");
+        let seed = img.sb.hash_seed;
+        edit_dir(img, ROOT_INO, |es| {
+            es.retain(|e| e.name != b"lost+found" && e.name != b"xattrs");
+            es.push(DirEntry::new(seed, b"lost+found", a, FileType::Regular));
+            es.sort_by(|x, y| x.key().cmp(&y.key()));
+        });
+        img.write_inode(lf, None).unwrap();
+        edit_inode(img, a, |i| i.nlink = 2);
+    });
+    check(&p, "/lost+found is not a directory", &["/xattrs"]);
+    edit(&p, |img| {
+        let a = ino(img, "/a.txt");
+        assert!(
+            list(img, "/").contains(&format!("#{a}")),
+            "{:?}",
+            list(img, "/")
+        );
+        assert_eq!(list(img, "/lost+found").len(), 1);
+    });
+}
+
+/// Found in review: rebuilding an extent tree wrote back a stale copy of
+/// the inode, undoing the removal of its bad xattr block.
+#[test]
+fn f_extent_tree_and_xattr_block_damaged_together() {
+    let (_d, p) = copy();
+    let leaf = edit(&p, |img| {
+        let f = ino(img, "/frag.bin");
+        let free = img.geo.group_start(0) + u64::from(img.geo.group_blocks(0)) - 1;
+        edit_inode(img, f, |i| {
+            i.xattr_block = free;
+            i.blocks += 1;
+        });
+        let inode = img.inode(f).unwrap().unwrap();
+        img.extents(f, &inode).tree_blocks[1]
+    });
+    rot(&p, leaf, 30, 20);
+    check(&p, "xattr block", &["/frag.bin"]);
+}

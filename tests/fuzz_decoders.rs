@@ -1685,6 +1685,12 @@ fn journal_log() {
                 .collect();
             if let Ok(s) = j.commit(&dev, &blocks, &revokes) {
                 assert_eq!(s, first_seq.wrapping_add(committed.len() as u64));
+                // A revoke of a block the same transaction logs is
+                // cancelled (the new image wins), as in JBD2.
+                let revokes: Vec<u64> = revokes
+                    .into_iter()
+                    .filter(|r| !blocks.iter().any(|(b, _)| b == r))
+                    .collect();
                 committed.push((blocks, revokes));
             }
         }

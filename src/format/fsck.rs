@@ -120,6 +120,10 @@ pub enum FsckError {
     /// The user stopped it: exit 32.
     #[error("cancelled")]
     Cancelled,
+    /// The user stopped it after repairs were written (the filesystem is
+    /// marked not clean): exit 33.
+    #[error("cancelled after some repairs; run fsck.biofs again")]
+    CancelledAfterRepairs,
 }
 
 impl From<FormatError> for FsckError {
@@ -188,6 +192,8 @@ struct Checker<'a, 'd> {
     report: FsckReport,
     /// Set when anything was written: pass 5 then rescans.
     changed: bool,
+    /// The superblock was marked not clean for the repairs.
+    in_repair: bool,
     /// Must the superblock be written at the end?
     sb_dirty: bool,
     infos: BTreeMap<u64, Info>,
@@ -227,6 +233,7 @@ pub fn fsck(
         out,
         report,
         changed: false,
+        in_repair: false,
         sb_dirty: false,
         infos: BTreeMap::new(),
         dirs: BTreeMap::new(),
@@ -258,18 +265,24 @@ pub fn fsck(
         ));
         return Ok(c.report);
     }
-    c.orphans()?;
-    c.pass1()?;
-    c.pass2()?;
-    c.pass3()?;
-    c.pass4()?;
-    c.write_dirs()?;
-    c.pass5()?;
-    if opts.scrub {
-        c.scrub()?;
+    let run = |c: &mut Checker<'_, '_>| -> std::result::Result<(), FsckError> {
+        c.orphans()?;
+        c.pass1()?;
+        c.pass2()?;
+        c.pass3()?;
+        c.pass4()?;
+        c.write_dirs()?;
+        c.pass5()?;
+        if opts.scrub {
+            c.scrub()?;
+        }
+        c.finish()
+    };
+    match run(&mut c) {
+        Ok(()) => Ok(c.report),
+        Err(FsckError::Cancelled) if c.changed => Err(FsckError::CancelledAfterRepairs),
+        Err(e) => Err(e),
     }
-    c.finish()?;
-    Ok(c.report)
 }
 
 fn label_or_uuid(sb: &Superblock) -> String {
@@ -389,6 +402,20 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// A problem whose repair loses something (an inode, entries, extents,
+    /// a journal) or guesses: preen (`-p`) stops there for a person, as
+    /// e2fsck's "UNEXPECTED INCONSISTENCY"; other modes as [`Checker::problem`].
+    fn problem_manual(&mut self, msg: &str, fix: &str) -> std::result::Result<bool, FsckError> {
+        if self.opts.mode == Mode::Preen {
+            check_cancel()?;
+            self.report.problems += 1;
+            self.report.left += 1;
+            self.say(msg);
+            return Err(FsckError::NeedsManual(msg.to_string()));
+        }
+        self.problem(msg, fix)
+    }
+
     /// Report a problem; true if it is to be fixed now (the caller fixes it
     /// and calls [`Checker::fixed`]).
     fn problem(&mut self, msg: &str, fix: &str) -> std::result::Result<bool, FsckError> {
@@ -411,12 +438,29 @@ impl Checker<'_, '_> {
             self.say(&format!("{msg}{tail}"));
         }
         if fixing {
+            self.mark_in_repair()?;
             self.report.fixed += 1;
             self.changed = true;
         } else {
             self.report.left += 1;
         }
         Ok(fixing)
+    }
+
+    /// Before the first repair: the superblock stops saying clean, so that
+    /// a check stopped half way (cancelled, out of space, an I/O error)
+    /// leaves a filesystem the next check won't skip.
+    fn mark_in_repair(&mut self) -> std::result::Result<(), FsckError> {
+        if self.in_repair || !self.writable() {
+            return Ok(());
+        }
+        self.in_repair = true;
+        self.img.sb.state &= !STATE_CLEAN;
+        self.img.write_superblock()?;
+        self.img
+            .dev
+            .flush()
+            .map_err(|e| FsckError::Operational(format!("flush: {e}")))
     }
 
     fn writable(&self) -> bool {
@@ -434,7 +478,7 @@ impl Checker<'_, '_> {
                 )))
             }
             Err(e) => {
-                if self.problem(
+                if self.problem_manual(
                     &format!("Journal superblock at block {jsb_block} is damaged ({e})."),
                     "Recreate an empty journal",
                 )? {
@@ -446,6 +490,8 @@ impl Checker<'_, '_> {
                     })?;
                     let seq = (u64::from_le_bytes(r) >> 2) | (1 << 61);
                     Journal::format(self.img.dev, &self.img.sb, seq)?;
+                    self.img.sb.incompat &= !INCOMPAT_RECOVER;
+                    self.sb_dirty = true;
                 }
                 return Ok(());
             }
@@ -511,7 +557,7 @@ impl Checker<'_, '_> {
         let mut list = Vec::new();
         while ino != 0 {
             if !self.img.geo.ino_valid(ino) || !seen.insert(ino) {
-                if !self.problem(
+                if !self.problem_manual(
                     &format!("Orphan list is corrupt at inode {ino}."),
                     "Cut it there",
                 )? {
@@ -527,7 +573,7 @@ impl Checker<'_, '_> {
                     ino = i.orphan_next;
                 }
                 _ => {
-                    let _ = self.problem(
+                    let _ = self.problem_manual(
                         &format!("Orphan list names inode {ino}, which is not an unlinked inode."),
                         "Cut it there",
                     )?;
@@ -698,14 +744,16 @@ impl Checker<'_, '_> {
                             // anything: only valid inodes count there.
                             continue;
                         }
-                        if self.problem(&format!("Inode {ino} is damaged ({e})."), "Clear it")? {
+                        if self
+                            .problem_manual(&format!("Inode {ino} is damaged ({e})."), "Clear it")?
+                        {
                             self.img.write_inode(ino, None)?;
                         }
                         continue;
                     }
                 };
                 if ino == ROOT_INO && inode.file_type() != FileType::Directory {
-                    if self.problem("Root inode is not a directory.", "Clear it")? {
+                    if self.problem_manual("Root inode is not a directory.", "Clear it")? {
                         self.img.write_inode(ino, None)?;
                     }
                     continue;
@@ -713,9 +761,12 @@ impl Checker<'_, '_> {
                 self.check_inode(ino, inode, &mut rewrite_tree, &mut dups)?;
             }
         }
-        // Repairs that allocate come after every claim is known.
-        for (ino, mut inode, extents) in rewrite_tree {
-            self.rewrite_tree(ino, &mut inode, &extents)?;
+        // Repairs that allocate come after every claim is known. The inode
+        // is read again: other repairs of pass 1 may have changed it.
+        for (ino, _, extents) in rewrite_tree {
+            if let Some(mut inode) = self.img.inode(ino)? {
+                self.rewrite_tree(ino, &mut inode, &extents)?;
+            }
         }
         for ino in dups {
             self.clone_dups(ino)?;
@@ -751,7 +802,7 @@ impl Checker<'_, '_> {
                     out.extend_from_slice(&[0u8; BLOCK_SIZE]);
                 }
                 Err(e) if e.is_corruption() => {
-                    if self.problem(
+                    if self.problem_manual(
                         &format!("Inode table block {b} is unreadable ({e})."),
                         "Clear its inodes",
                     )? {
@@ -785,7 +836,7 @@ impl Checker<'_, '_> {
                 "Inode {ino}: extent tree damaged: {}.",
                 scan.problems.join("; ")
             );
-            if self.problem(&msg, "Rebuild it from the extents that are intact")? {
+            if self.problem_manual(&msg, "Rebuild it from the extents that are intact")? {
                 rewrite_tree.push((ino, inode.clone(), scan.extents.clone()));
             }
         }
@@ -817,7 +868,7 @@ impl Checker<'_, '_> {
             if ok {
                 self.claimed.set(b);
                 owned += 1;
-            } else if self.problem(
+            } else if self.problem_manual(
                 &format!("Inode {ino}: xattr block {b} is invalid."),
                 "Remove the attributes",
             )? {
@@ -857,7 +908,7 @@ impl Checker<'_, '_> {
         }
         if has_dup {
             let msg = format!("Inode {ino} shares blocks with another file.");
-            if self.problem(&msg, "Give it copies of the shared blocks")? {
+            if self.problem_manual(&msg, "Give it copies of the shared blocks")? {
                 dups.push(ino);
             }
         }
@@ -1012,7 +1063,8 @@ impl Checker<'_, '_> {
             let mut rewrite = self.dirs_dirty.contains(&d);
             if !scan.problems.is_empty() {
                 let msg = format!("Directory inode {d}: {}.", scan.problems.join("; "));
-                rewrite |= self.problem(&msg, "Rebuild the directory from its intact entries")?;
+                rewrite |=
+                    self.problem_manual(&msg, "Rebuild the directory from its intact entries")?;
             }
             let mut keep: Vec<DirEntry> = Vec::new();
             let mut names = HashSet::new();
@@ -1038,7 +1090,7 @@ impl Checker<'_, '_> {
                     None
                 };
                 if let Some(why) = why {
-                    if self.problem(
+                    if self.problem_manual(
                         &format!("Entry '{name}' in directory inode {d} points to {why}."),
                         "Remove it",
                     )? {
@@ -1075,8 +1127,9 @@ impl Checker<'_, '_> {
             .get(&ROOT_INO)
             .is_some_and(|i| i.ftype == FileType::Directory)
         {
-            if !self.problem("Root directory is missing.", "Make a new one")? {
-                return Err(FsckError::Operational("no root directory".into()));
+            if !self.problem_manual("Root directory is missing.", "Make a new one")? {
+                // Counted as left; nothing can be connected without a root.
+                return Ok(());
             }
             self.make_dir(ROOT_INO, ROOT_INO, 0o755)?;
         }
@@ -1128,10 +1181,15 @@ impl Checker<'_, '_> {
             } else {
                 "Unattached inode"
             };
+            let Some(lf) = lf else {
+                self.report.problems += 1;
+                self.report.left += 1;
+                self.say(&format!("{what} {top}: no /lost+found to connect it to."));
+                continue;
+            };
             if !self.problem(&format!("{what} {top}."), "Connect it to /lost+found")? {
                 continue;
             }
-            let Some(lf) = lf else { continue };
             let ftype = self
                 .infos
                 .get(&top)
@@ -1188,6 +1246,32 @@ impl Checker<'_, '_> {
         });
         if let Some(lf) = want.filter(|lf| self.parent.get(lf) == Some(&ROOT_INO)) {
             return Ok(Some(lf));
+        }
+        // Something else named lost+found keeps its inode under another
+        // name ("#ino"), so that nothing is unlinked in passing.
+        let squatter = self.dirs.get(&ROOT_INO).and_then(|es| {
+            es.iter()
+                .find(|e| e.name == b"lost+found")
+                .map(|e| (e.ino, e.ftype))
+        });
+        if let Some((ino, ftype)) = squatter {
+            if !self.problem_manual(
+                &format!("/lost+found is not a directory (inode {ino})."),
+                &format!("Rename it to /#{ino}"),
+            )? {
+                return Ok(None);
+            }
+            let seed = self.img.sb.hash_seed;
+            if let Some(es) = self.dirs.get_mut(&ROOT_INO) {
+                es.retain(|e| e.name != b"lost+found");
+                es.push(DirEntry::new(
+                    seed,
+                    format!("#{ino}").as_bytes(),
+                    ino,
+                    ftype,
+                ));
+            }
+            self.dirs_dirty.insert(ROOT_INO);
         }
         if !self.problem("/lost+found is missing.", "Make it")? {
             return Ok(None);

@@ -102,14 +102,40 @@ impl<'d> Image<'d> {
     }
 
     /// Look for a valid backup superblock near the end of the device.
+    /// A candidate counts only if the journal superblock it points to
+    /// verifies under its UUID: a stale backup left by an earlier
+    /// filesystem (mkfs made the new one a little shorter) fails that,
+    /// because mkfs rewrote the journal superblock with the new UUID.
     pub fn find_backup(dev: &Dev) -> Option<(u64, Superblock)> {
         let end = dev.blocks();
         let from = end.saturating_sub(BACKUP_SEARCH);
         (from..end).rev().find_map(|b| {
             let raw = dev.read_block(b).ok()?;
             let sb = Superblock::decode(&raw, b).ok()?;
-            (sb.blocks_count == b + 1).then_some((b, sb))
+            if sb.blocks_count != b + 1 {
+                return None;
+            }
+            let jraw = dev.read_block(sb.journal_start).ok()?;
+            super::journal::JournalSuper::decode(
+                sb.seed(),
+                sb.journal_start,
+                sb.journal_blocks,
+                &jraw,
+            )
+            .ok()?;
+            Some((b, sb))
         })
+    }
+
+    /// Blocks near the end of `dev` that hold a superblock (old backups).
+    pub fn stale_backups(dev: &Dev) -> Vec<u64> {
+        let end = dev.blocks();
+        (end.saturating_sub(BACKUP_SEARCH)..end)
+            .filter(|&b| {
+                dev.read_block(b)
+                    .is_ok_and(|raw| raw[..8] == super::superblock::MAGIC)
+            })
+            .collect()
     }
 
     /// Block `b` (from the overlay if it holds it).

@@ -253,6 +253,16 @@ impl Journal {
     /// transaction survives a crash. The homes are not written: replay (or
     /// the filesystem's checkpoint) does that.
     pub fn commit(&mut self, dev: &Dev, blocks: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<u64> {
+        // A block freed and logged again in one transaction keeps its new
+        // image: its revoke is cancelled (JBD2's cancel_revoke), or replay
+        // would skip the image (a revoke covers its own transaction).
+        let logged: std::collections::HashSet<u64> = blocks.iter().map(|(b, _)| *b).collect();
+        let revokes: Vec<u64> = revokes
+            .iter()
+            .copied()
+            .filter(|b| !logged.contains(b))
+            .collect();
+        let revokes = revokes.as_slice();
         if self.next_seq >= MAX_SEQ {
             return Err(FormatError::invalid(
                 "journal",
@@ -440,8 +450,12 @@ impl Journal {
     }
 
     /// Mark the log empty without replaying (everything in it is already
-    /// at home: the filesystem's checkpoint).
+    /// at home: the filesystem's checkpoint). Flushes the device first.
     pub fn reset(&mut self, dev: &Dev) -> Result<()> {
+        // The homes the caller checkpointed must be durable before the log
+        // that could replay them is emptied.
+        dev.flush()
+            .map_err(|e| FormatError::io("journal checkpoint flush", self.area, e))?;
         self.sb.start = 0;
         self.sb.seq = self.next_seq;
         self.head = 1;

@@ -124,6 +124,13 @@ pub fn make_fs(dev: &Dev, params: &MkfsParams) -> Result<Superblock> {
     let seed = sb.seed();
     let io = |what, b| move |e| FormatError::io(what, b, e);
 
+    // Old backup superblocks near the end (an earlier filesystem of
+    // another size) must not be found by fsck in place of ours.
+    for b in super::image::Image::stale_backups(dev) {
+        if b != geo.backup_block() {
+            dev.zero_blocks(b, 1).map_err(io("old backup zeroing", b))?;
+        }
+    }
     // Every group uninitialised: one write-zeroes over the GDT.
     dev.zero_blocks(geo.gdt_start, geo.gdt_blocks)
         .map_err(io("GDT zeroing", geo.gdt_start))?;
