@@ -308,6 +308,12 @@ fn run(a: &Args) -> Result<(), String> {
     if a.dry_run {
         return dry_run(fs_bytes);
     }
+    backend.lock_exclusive().map_err(|e| {
+        format!(
+            "{}: in use by another biofs process (mounted, or being checked): {e}",
+            a.target.display()
+        )
+    })?;
     let backend: Arc<dyn BlockBackend> = Arc::new(backend);
     match &profile {
         Some(p) => {

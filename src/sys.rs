@@ -512,6 +512,19 @@ impl Ring {
     }
 }
 
+/// Take an exclusive `flock(2)` on `fd` without waiting.
+///
+/// Fails with `EWOULDBLOCK` when another open file description holds a lock.
+pub fn flock_exclusive_nonblock<Fd: AsFd>(fd: Fd) -> io::Result<()> {
+    // SAFETY: flock on a valid descriptor borrowed for the call.
+    let r = unsafe { libc::flock(fd.as_fd().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Fill `buf` with random bytes from the kernel (`getrandom(2)`).
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;

@@ -317,3 +317,26 @@ fn a_refused_mkfs_changes_nothing() {
         "the refused mkfs changed the image"
     );
 }
+
+/// Found in review: nothing stopped fsck -y or mkfs -f on an image another
+/// biofs process was writing. A read-write open now takes an exclusive lock.
+#[test]
+fn tools_refuse_an_image_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.img");
+    let p = img.to_str().unwrap();
+    assert_eq!(run(MKFS, &["-q", "-s", "64M", p]).0, 0);
+    let holder = open_rw(&img);
+    let (code, out) = fsck(&img, &["-fy"]);
+    assert_eq!(code, 8, "{out}");
+    assert!(out.contains("in use"), "{out}");
+    let (code, out) = run(MKFS, &["-q", "-f", p]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("in use"), "{out}");
+    // A read-only check still runs (as e2fsck -n does).
+    let (code, out) = fsck(&img, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+    holder.close().unwrap();
+    let (code, out) = fsck(&img, &["-fy"]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -87,6 +87,9 @@ fn bio_error(what: &str, block: u64, status: BlkStatus) -> io::Error {
 impl Dev {
     /// Open the image or device at `path`. Its integrity store is used if it
     /// has one (recovering it first if it was not shut down cleanly).
+    /// A read-write open takes the device's exclusive lock
+    /// ([`FileBackend::lock_exclusive`]): it fails with `EWOULDBLOCK` while
+    /// another biofs process writes it.
     pub fn open(path: &Path, opts: DevOptions) -> io::Result<Dev> {
         let backend = FileBackend::open(
             path,
@@ -95,6 +98,16 @@ impl Dev {
                 read_only: opts.read_only,
             },
         )?;
+        if !opts.read_only {
+            backend.lock_exclusive().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "in use by another biofs process (mounted, or being checked or made): {e}"
+                    ),
+                )
+            })?;
+        }
         Dev::from_backend(Arc::new(backend), opts)
     }
 

@@ -103,6 +103,16 @@ impl FileBackend {
         })
     }
 
+    /// Takes an exclusive advisory lock (`flock`) on the image or device
+    /// without waiting, so that two biofs processes (a mount, mkfs, a
+    /// repairing fsck) never write it at once. Held until the backend is
+    /// dropped.
+    ///
+    /// Fails with `EWOULDBLOCK` when another process holds it.
+    pub fn lock_exclusive(&self) -> io::Result<()> {
+        sys::flock_exclusive_nonblock(&self.file)
+    }
+
     /// Creates the image file `path` if missing and extends it (sparsely,
     /// with `ftruncate`) to `size_bytes` if shorter. Never shrinks a file.
     ///
