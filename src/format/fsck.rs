@@ -714,7 +714,7 @@ impl Checker<'_, '_> {
         self.verbose("Pass 1: checking inodes, blocks and sizes");
         let geo = self.img.geo;
         let mut rewrite_tree: Vec<(u64, Inode, Vec<Extent>)> = Vec::new();
-        let mut dups: Vec<u64> = Vec::new();
+        let mut dups: Vec<(u64, HashSet<u64>)> = Vec::new();
         for g in 0..geo.groups {
             check_cancel()?;
             let (desc, limit) = self.group_scan_limit(g)?;
@@ -768,8 +768,8 @@ impl Checker<'_, '_> {
                 self.rewrite_tree(ino, &mut inode, &extents)?;
             }
         }
-        for ino in dups {
-            self.clone_dups(ino)?;
+        for (ino, shared) in dups {
+            self.clone_dups(ino, &shared)?;
         }
         Ok(())
     }
@@ -821,7 +821,7 @@ impl Checker<'_, '_> {
         ino: u64,
         mut inode: Inode,
         rewrite_tree: &mut Vec<(u64, Inode, Vec<Extent>)>,
-        dups: &mut Vec<u64>,
+        dups: &mut Vec<(u64, HashSet<u64>)>,
     ) -> std::result::Result<(), FsckError> {
         let ftype = inode.file_type();
         let mut dirty = false;
@@ -847,10 +847,12 @@ impl Checker<'_, '_> {
             self.claimed.set(b);
             owned += 1;
         }
+        let mut shared = HashSet::new();
         for e in &scan.extents {
             for b in e.physical..e.physical_end() {
                 if self.claimed.get(b) {
                     has_dup = true;
+                    shared.insert(b);
                 }
                 self.claimed.set(b);
             }
@@ -909,7 +911,7 @@ impl Checker<'_, '_> {
         if has_dup {
             let msg = format!("Inode {ino} shares blocks with another file.");
             if self.problem_manual(&msg, "Give it copies of the shared blocks")? {
-                dups.push(ino);
+                dups.push((ino, shared));
             }
         }
         if ftype == FileType::Directory {
@@ -972,8 +974,14 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
-    /// Give inode `ino` its own copies of every block it shares.
-    fn clone_dups(&mut self, ino: u64) -> std::result::Result<(), FsckError> {
+    /// Give inode `ino` its own copies of the blocks it shares.
+    /// Copy only the `shared` data blocks; a shared tree block is replaced
+    /// by the rewrite of the tree itself.
+    fn clone_dups(
+        &mut self,
+        ino: u64,
+        shared: &HashSet<u64>,
+    ) -> std::result::Result<(), FsckError> {
         let Some(mut inode) = self.img.inode(ino)? else {
             return Ok(());
         };
@@ -983,9 +991,14 @@ impl Checker<'_, '_> {
         let mut out: Vec<Extent> = Vec::new();
         for e in &info.extents {
             for (i, b) in (e.physical..e.physical_end()).enumerate() {
-                let nb = self.alloc()?;
-                let data = self.img.read("data block", b)?;
-                self.img.write("data block", nb, &data)?;
+                let nb = if shared.contains(&b) {
+                    let nb = self.alloc()?;
+                    let data = self.img.read("data block", b)?;
+                    self.img.write("data block", nb, &data)?;
+                    nb
+                } else {
+                    b
+                };
                 let logical = e.logical + i as u64;
                 match out.last_mut() {
                     Some(p)
