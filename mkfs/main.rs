@@ -310,7 +310,7 @@ fn run(a: &Args) -> Result<(), String> {
     }
     backend.lock_exclusive().map_err(|e| {
         format!(
-            "{}: in use by another biofs process (mounted, or being checked): {e}",
+            "{}: in use (mounted, or open in another biofs process): {e}",
             a.target.display()
         )
     })?;

@@ -340,3 +340,41 @@ fn tools_refuse_an_image_in_use() {
     let (code, out) = fsck(&img, &["-fy"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// A block device with a kernel filesystem mounted on it is refused (the
+/// kernel refuses our O_EXCL open while it is mounted).
+#[test]
+fn tools_refuse_a_mounted_block_device() {
+    let Some((dev, _guard)) = common::loop_device(64 << 20) else {
+        return;
+    };
+    let d = dev.to_str().unwrap();
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", d])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !made {
+        println!("skipped: mkfs.ext4 is not installed");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .arg(d)
+        .arg(mnt.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        println!("skipped: can't mount ext4 here");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let (code, out) = run(MKFS, &["-q", "-f", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("in use"), "{out}");
+}

@@ -102,9 +102,7 @@ impl Dev {
             backend.lock_exclusive().map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!(
-                        "in use by another biofs process (mounted, or being checked or made): {e}"
-                    ),
+                    format!("in use (mounted, or open in another biofs process): {e}"),
                 )
             })?;
         }

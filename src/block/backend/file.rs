@@ -15,6 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{check_range, iov_len, BackendInfo, BlockBackend, DirectFd};
@@ -53,6 +54,9 @@ pub struct FileBackend {
     path: PathBuf,
     info: BackendInfo,
     block_device: bool,
+    /// An `O_EXCL` descriptor of the block device, held while the
+    /// exclusive lock is (see [`FileBackend::lock_exclusive`]).
+    excl: std::sync::Mutex<Option<File>>,
     read_only: bool,
     /// Memory alignment `O_DIRECT` needs for user buffers (1 when buffered).
     mem_align: usize,
@@ -98,6 +102,7 @@ impl FileBackend {
                 discard_zeroes: !block_device,
             },
             block_device,
+            excl: std::sync::Mutex::new(None),
             read_only: opts.read_only,
             mem_align: if direct { mem_align.max(1) } else { 1 },
         })
@@ -105,11 +110,20 @@ impl FileBackend {
 
     /// Takes an exclusive advisory lock (`flock`) on the image or device
     /// without waiting, so that two biofs processes (a mount, mkfs, a
-    /// repairing fsck) never write it at once. Held until the backend is
-    /// dropped.
+    /// repairing fsck) never write it at once; on a block device also an
+    /// `O_EXCL` open, which the kernel refuses while the device is mounted
+    /// or held by another exclusive user. Held until the backend is dropped.
     ///
-    /// Fails with `EWOULDBLOCK` when another process holds it.
+    /// Fails with `EWOULDBLOCK` when another process holds the lock, or
+    /// `EBUSY` when the block device is in use.
     pub fn lock_exclusive(&self) -> io::Result<()> {
+        if self.block_device {
+            let excl = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+                .open(&self.path)?;
+            *self.excl.lock().unwrap_or_else(|e| e.into_inner()) = Some(excl);
+        }
         sys::flock_exclusive_nonblock(&self.file)
     }
 
