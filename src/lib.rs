@@ -12,4 +12,5 @@
 
 pub mod block;
 pub mod format;
+pub mod fs;
 pub mod sys;

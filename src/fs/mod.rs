@@ -1,0 +1,6 @@
+//! The filesystem core (issue 4, being built; see `docs/design.md`): the
+//! operations of a mounted biofs, independent of FUSE.
+//!
+//! Built so far: directory operations on the hashed B+tree ([`dir`]).
+
+pub mod dir;
