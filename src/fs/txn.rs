@@ -1,0 +1,179 @@
+//! Metadata transactions over the journal (docs/format.md, crash
+//! consistency rules 2-5): a running transaction collects new images of
+//! metadata blocks and revokes; `commit` logs them (nothing is written home
+//! before that); committed images stay in memory, and win over the device
+//! on reads, until `checkpoint` writes them home, flushes, and empties the
+//! log.
+//!
+//! Rule 1 (ordered data) is the caller's: complete the data writes a
+//! transaction's extents point to before committing it (the commit's flush
+//! then covers them). Rule 4 (don't reuse a block freed in a transaction
+//! before it commits) is the allocator's.
+
+use std::collections::BTreeMap;
+
+use crate::format::dev::Dev;
+use crate::format::error::{FormatError, Result};
+use crate::format::journal::Journal;
+use crate::format::superblock::{Superblock, INCOMPAT_RECOVER, STATE_CLEAN};
+use crate::format::BLOCK_SIZE;
+
+/// A running transaction: new images and revokes, not yet logged.
+#[derive(Debug, Default)]
+pub struct Txn {
+    images: BTreeMap<u64, Vec<u8>>,
+    revokes: Vec<u64>,
+}
+
+impl Txn {
+    /// Give block `b` the contents `data` (4096 bytes) in this transaction.
+    pub fn write(&mut self, b: u64, data: Vec<u8>) {
+        self.revokes.retain(|&r| r != b);
+        self.images.insert(b, data);
+    }
+
+    /// Block `b` is freed: images of it older than this transaction must
+    /// not be replayed (a block logged and freed here keeps no image).
+    pub fn revoke(&mut self, b: u64) {
+        self.images.remove(&b);
+        if !self.revokes.contains(&b) {
+            self.revokes.push(b);
+        }
+    }
+
+    /// The image this transaction gives `b`, if any.
+    pub fn image(&self, b: u64) -> Option<&[u8]> {
+        self.images.get(&b).map(Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty() && self.revokes.is_empty()
+    }
+
+    /// Log blocks this transaction takes.
+    pub fn log_blocks(&self) -> u64 {
+        Journal::blocks_needed(self.images.len(), self.revokes.len())
+    }
+}
+
+/// The journaled metadata of a mounted filesystem.
+pub struct Journaled<'d> {
+    dev: &'d Dev,
+    journal: Journal,
+    /// Superblock as on disk (for its seed and layout).
+    sb: Superblock,
+    /// Committed images not yet written home.
+    committed: BTreeMap<u64, Vec<u8>>,
+    /// Log blocks in use since the last checkpoint.
+    log_used: u64,
+}
+
+impl<'d> Journaled<'d> {
+    /// Open for writing: replay whatever the log holds (a crash), then set
+    /// `INCOMPAT_RECOVER` and clear `STATE_CLEAN` on disk, durably, so that
+    /// until a clean close every reader knows to recover first.
+    pub fn open(dev: &'d Dev, mut sb: Superblock) -> Result<Journaled<'d>> {
+        let mut journal = Journal::open(dev, &sb)?;
+        if journal.needs_recovery() {
+            journal.replay(dev)?;
+            // The superblock may have been replayed.
+            let raw = dev
+                .read_block(0)
+                .map_err(|e| FormatError::io("superblock", 0, e))?;
+            sb = Superblock::decode(&raw, 0)?;
+        }
+        sb.incompat |= INCOMPAT_RECOVER;
+        sb.state &= !STATE_CLEAN;
+        write_superblock(dev, &sb)?;
+        Ok(Journaled {
+            dev,
+            journal,
+            sb,
+            committed: BTreeMap::new(),
+            log_used: 0,
+        })
+    }
+
+    /// The latest contents of block `b`: committed but not yet at home,
+    /// else the device's.
+    pub fn read(&self, b: u64) -> Result<Vec<u8>> {
+        if let Some(img) = self.committed.get(&b) {
+            return Ok(img.clone());
+        }
+        self.dev
+            .read_block(b)
+            .map_err(|e| FormatError::io("metadata", b, e))
+    }
+
+    /// Log `txn` durably. When this returns, a crash keeps the whole
+    /// transaction; before, none of it. Checkpoints first if the log would
+    /// be more than half full.
+    pub fn commit(&mut self, txn: Txn) -> Result<()> {
+        if txn.is_empty() {
+            return Ok(());
+        }
+        let need = txn.log_blocks();
+        let room = self.sb.journal_blocks.saturating_sub(1);
+        if need >= room {
+            return Err(FormatError::invalid(
+                "transaction",
+                format!("{need} log blocks is more than the journal's {room}"),
+            ));
+        }
+        if self.log_used + need > room / 2 {
+            self.checkpoint()?;
+        }
+        let images: Vec<(u64, Vec<u8>)> = txn.images.into_iter().collect();
+        if images.iter().any(|(_, d)| d.len() != BLOCK_SIZE) {
+            return Err(FormatError::invalid(
+                "transaction",
+                "an image is not one block",
+            ));
+        }
+        self.journal.commit(self.dev, &images, &txn.revokes)?;
+        self.log_used += need;
+        for b in &txn.revokes {
+            self.committed.remove(b);
+        }
+        self.committed.extend(images);
+        Ok(())
+    }
+
+    /// Write every committed image home, flush, and empty the log.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if self.committed.is_empty() && !self.journal.needs_recovery() {
+            return Ok(());
+        }
+        for (b, data) in &self.committed {
+            self.dev
+                .write_block(*b, data)
+                .map_err(|e| FormatError::io("checkpoint", *b, e))?;
+        }
+        // `reset` flushes the homes before it empties the log.
+        self.journal.reset(self.dev)?;
+        self.committed.clear();
+        self.log_used = 0;
+        Ok(())
+    }
+
+    /// Checkpoint, then mark the filesystem clean with no recovery needed.
+    pub fn close(mut self) -> Result<()> {
+        self.checkpoint()?;
+        let raw = self.read(0)?;
+        let mut sb = Superblock::decode(&raw, 0)?;
+        sb.incompat &= !INCOMPAT_RECOVER;
+        sb.state |= STATE_CLEAN;
+        write_superblock(self.dev, &sb)
+    }
+}
+
+/// Write the superblock (primary, then backup) and flush.
+fn write_superblock(dev: &Dev, sb: &Superblock) -> Result<()> {
+    let geo = sb.geometry()?;
+    let backup = geo.backup_block();
+    dev.write_block(backup, &sb.encode(backup))
+        .map_err(|e| FormatError::io("backup superblock", backup, e))?;
+    dev.write_blocks(0, &[&sb.encode(0)], true)
+        .map_err(|e| FormatError::io("superblock", 0, e))?;
+    dev.flush().map_err(|e| FormatError::io("flush", 0, e))
+}
