@@ -1,8 +1,10 @@
 //! The filesystem core (issue 4, being built; see `docs/design.md`): the
 //! operations of a mounted biofs, independent of FUSE.
 //!
-//! Built so far: directory operations on the hashed B+tree ([`dir`]) and
-//! metadata transactions over the journal ([`txn`]).
+//! Built so far: directory operations on the hashed B+tree ([`dir`]),
+//! metadata transactions over the journal ([`txn`]), and block and inode
+//! allocation inside them ([`alloc`]).
 
+pub mod alloc;
 pub mod dir;
 pub mod txn;
