@@ -573,10 +573,13 @@ impl Checker<'_, '_> {
                     ino = i.orphan_next;
                 }
                 _ => {
-                    let _ = self.problem_manual(
+                    if !self.problem_manual(
                         &format!("Orphan list names inode {ino}, which is not an unlinked inode."),
                         "Cut it there",
-                    )?;
+                    )? {
+                        // Declined: leave the list as it is.
+                        return Ok(());
+                    }
                     break;
                 }
             }
