@@ -199,3 +199,33 @@ fn a_block_revoked_and_logged_in_one_transaction_is_replayed() {
     assert!(dev.read_block(b).unwrap().iter().all(|&x| x == 0x5C));
     dev.close().unwrap();
 }
+
+/// An orphan list naming a live inode is cut there, never freeing it; a
+/// read-only check reports it and changes nothing.
+#[test]
+fn a_corrupt_orphan_list_is_cut_not_followed() {
+    let p = small();
+    let dev = open_rw(&p.image);
+    let a = {
+        let mut img = Image::open(&dev, None).unwrap();
+        let a = lookup(&img, "/a.txt").unwrap();
+        img.sb.orphan_head = a;
+        img.write_superblock().unwrap();
+        a
+    };
+    dev.close().unwrap();
+    let (code, out) = fsck(&p.image, &["-n"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("not an unlinked inode"), "{out}");
+    let (code, out) = fsck(&p.image, &["-y"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = fsck(&p.image, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+    let dev = open_rw(&p.image);
+    {
+        let img = Image::open(&dev, None).unwrap();
+        assert_eq!(lookup(&img, "/a.txt"), Some(a));
+        assert_eq!(read_file(&img, a).unwrap(), content(1, 1000));
+    }
+    dev.close().unwrap();
+}
