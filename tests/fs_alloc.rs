@@ -170,3 +170,35 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
     assert_eq!(r.problems, 0, "{said:?}");
     dev.close().unwrap();
 }
+
+/// A goal near the end of a group with only a short free tail after it
+/// gets a whole run earlier in the same group, not a short one or one in
+/// the next group.
+#[test]
+fn a_goal_near_a_groups_end_still_gets_a_whole_run_in_that_group() {
+    let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(400 << 20));
+    let dev = Dev::from_backend(
+        mem,
+        DevOptions {
+            read_only: false,
+            verify: true,
+        },
+    )
+    .unwrap();
+    let sb = make_fs(
+        &dev,
+        &MkfsParams::new([8; 16], 3, Timespec { sec: 1, nsec: 0 }),
+    )
+    .unwrap();
+    let geo = sb.geometry().unwrap();
+    let mut j = Journaled::open(&dev, sb.clone()).unwrap();
+    let mut a = Allocator::new(geo, sb.seed());
+    let mut txn = Txn::default();
+    let goal = geo.group_start(0) + u64::from(geo.group_blocks(0)) - 5;
+    let (s, len) = a.alloc_blocks(&j, &mut txn, goal, 100).unwrap();
+    assert_eq!(len, 100);
+    assert_eq!(geo.block_group(s).map(|x| x.0), Some(0), "run at {s}");
+    j.commit(txn).unwrap();
+    j.close().unwrap();
+    dev.close().unwrap();
+}

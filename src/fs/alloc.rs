@@ -132,14 +132,21 @@ impl Allocator {
                 _ => self.geo.group_meta_blocks() as usize,
             };
             let limit = self.geo.group_blocks(g) as usize;
-            let found = bitmap::find_free_run(&map, from, limit, want as usize).or_else(|| {
-                bitmap::find_free_run(
-                    &map,
-                    self.geo.group_meta_blocks() as usize,
-                    limit,
-                    want as usize,
-                )
-            });
+            // From the goal on; if that finds no whole run, the longest of
+            // that and a search from the group's start.
+            let meta = self.geo.group_meta_blocks() as usize;
+            let after = bitmap::find_free_run(&map, from, limit, want as usize);
+            let found = match after {
+                Some((s, l)) if l >= want as usize => Some((s, l)),
+                _ if from > meta => {
+                    let whole = bitmap::find_free_run(&map, meta, limit, want as usize);
+                    match (after, whole) {
+                        (Some(a), Some(w)) => Some(if w.1 > a.1 { w } else { a }),
+                        (a, w) => a.or(w),
+                    }
+                }
+                other => other,
+            };
             if let Some((s, len)) = found {
                 if len >= want as usize {
                     best = Some((g, s, len));
