@@ -7,13 +7,9 @@
 //! fsck) to a filesystem fsck finds consistent, with each transaction
 //! either wholly there or wholly absent, and no integrity error.
 
-use std::sync::Arc;
-
-use biofs::block::backend::{BlockBackend, LogWritesBackend, MemBackend};
-use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
 use biofs::format::bitmap;
 use biofs::format::builder::{Builder, ROOT};
-use biofs::format::dev::{Dev, DevOptions};
+use biofs::format::dev::Dev;
 use biofs::format::dir::{DirEntry, DirNode};
 use biofs::format::extent::{Extent, ExtentNode};
 use biofs::format::fsck::{fsck, FsckOptions, Mode};
@@ -24,18 +20,10 @@ use biofs::format::journal::Journal;
 use biofs::format::mkfs::{make_fs, InodeCount, MkfsParams};
 use biofs::format::{BLOCK_SIZE, INODE_SIZE};
 
-const SIZE: u64 = 24 << 20;
+mod common;
+use common::fsimage::{crash_device, crash_states, dev_on, logged_device};
 
-fn dev_on(b: Arc<dyn BlockBackend>) -> Dev {
-    Dev::from_backend(
-        b,
-        DevOptions {
-            read_only: false,
-            verify: true,
-        },
-    )
-    .unwrap()
-}
+const SIZE: u64 = 24 << 20;
 
 fn t0() -> Timespec {
     Timespec { sec: 1, nsec: 0 }
@@ -148,13 +136,7 @@ fn state(dev: &Dev) -> (bool, bool, u32, u64) {
 
 #[test]
 fn every_crash_state_recovers_to_a_whole_transaction() {
-    let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(SIZE));
-    IntegrityStore::format(
-        &*mem,
-        IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
-    )
-    .unwrap();
-    let lw = Arc::new(LogWritesBackend::new(mem));
+    let lw = logged_device(SIZE);
     {
         let dev = dev_on(lw.clone());
         let mut p = MkfsParams::new([3; 16], 77, t0());
@@ -174,36 +156,14 @@ fn every_crash_state_recovers_to_a_whole_transaction() {
         txn_append(&dev);
         dev.close().unwrap();
     }
-    let log = lw.entries();
     let before = (true, false, 0o644, 3 * BLOCK_SIZE as u64);
     let after1 = (false, true, 0o600, 3 * BLOCK_SIZE as u64);
     let after2 = (false, true, 0o600, 11 * BLOCK_SIZE as u64);
     // Crash states: every prefix, and at each flush point every single
     // write after it dropped (a volatile cache losing one write).
-    let mut states: Vec<(usize, Option<usize>)> = (base..=log.len()).map(|n| (n, None)).collect();
-    for fp in lw.flush_points().into_iter().filter(|&f| f >= base) {
-        let next_flush = log[fp..]
-            .iter()
-            .position(|e| matches!(e, biofs::block::backend::LogEntry::Flush));
-        let span = next_flush.unwrap_or(log.len() - fp);
-        for drop in 0..span {
-            states.push((fp, Some(drop)));
-        }
-    }
     let mut checked = 0;
-    for (n, drop) in states {
-        let target: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(SIZE));
-        match drop {
-            None => lw.replay(n, &*target).unwrap(),
-            Some(d) => {
-                let next_flush = log[n..]
-                    .iter()
-                    .position(|e| matches!(e, biofs::block::backend::LogEntry::Flush));
-                let span = next_flush.unwrap_or(log.len() - n);
-                let keep: Vec<bool> = (0..span).map(|i| i != d).collect();
-                lw.replay_subset(n, &keep, &*target).unwrap();
-            }
-        }
+    for (n, drop) in crash_states(&lw, base) {
+        let target = crash_device(&lw, (n, drop), SIZE);
         let dev = dev_on(target);
         let opts = FsckOptions {
             mode: Mode::Yes,

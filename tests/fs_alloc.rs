@@ -9,14 +9,15 @@ use std::sync::Arc;
 
 use biofs::block::backend::{BlockBackend, MemBackend};
 use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
-use biofs::format::dev::{Dev, DevOptions};
-use biofs::format::fsck::{fsck, FsckOptions, Mode};
 use biofs::format::image::Image;
 use biofs::format::inode::Timespec;
 use biofs::format::mkfs::{make_fs, InodeCount, MkfsParams};
 use biofs::format::superblock::Superblock;
 use biofs::fs::alloc::Allocator;
 use biofs::fs::txn::{Journaled, Txn};
+
+mod common;
+use common::fsimage::{check_quietly, dev_on};
 
 #[test]
 fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
@@ -26,14 +27,7 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
         IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
     )
     .unwrap();
-    let dev = Dev::from_backend(
-        mem,
-        DevOptions {
-            read_only: false,
-            verify: true,
-        },
-    )
-    .unwrap();
+    let dev = dev_on(mem);
     let mut p = MkfsParams::new([8; 16], 3, Timespec { sec: 1, nsec: 0 });
     p.inodes = InodeCount::Total(3000);
     let sb = make_fs(&dev, &p).unwrap();
@@ -158,16 +152,8 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
     }
     j.commit(txn).unwrap();
     j.close().unwrap();
-    let opts = FsckOptions {
-        mode: Mode::No,
-        force: true,
-        verbose: false,
-        scrub: false,
-        backup: None,
-    };
-    let mut said = Vec::new();
-    let r = fsck(&dev, &opts, &mut |m| said.push(m.to_string())).unwrap();
-    assert_eq!(r.problems, 0, "{said:?}");
+    let (problems, said) = check_quietly(&dev);
+    assert_eq!(problems, 0, "{said:?}");
     dev.close().unwrap();
 }
 
@@ -177,14 +163,7 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
 #[test]
 fn a_goal_near_a_groups_end_still_gets_a_whole_run_in_that_group() {
     let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(400 << 20));
-    let dev = Dev::from_backend(
-        mem,
-        DevOptions {
-            read_only: false,
-            verify: true,
-        },
-    )
-    .unwrap();
+    let dev = dev_on(mem);
     let sb = make_fs(
         &dev,
         &MkfsParams::new([8; 16], 3, Timespec { sec: 1, nsec: 0 }),

@@ -6,12 +6,7 @@
 //! one transaction's value, no older than the last commit that returned
 //! before the crash, and fsck must find nothing.
 
-use std::sync::Arc;
-
-use biofs::block::backend::{BlockBackend, LogEntry, LogWritesBackend, MemBackend};
-use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
-use biofs::format::dev::{Dev, DevOptions};
-use biofs::format::fsck::{fsck, FsckOptions, Mode};
+use biofs::format::dev::Dev;
 use biofs::format::image::Image;
 use biofs::format::inode::Timespec;
 use biofs::format::mkfs::{make_fs, InodeCount, MkfsParams};
@@ -19,19 +14,11 @@ use biofs::format::superblock::{Superblock, INCOMPAT_RECOVER, STATE_CLEAN};
 use biofs::format::BLOCK_SIZE;
 use biofs::fs::txn::{Journaled, Txn};
 
+mod common;
+use common::fsimage::{check_quietly, crash_device, crash_states, dev_on, logged_device};
+
 const SIZE: u64 = 16 << 20;
 const TXNS: u64 = 9;
-
-fn dev_on(b: Arc<dyn BlockBackend>) -> Dev {
-    Dev::from_backend(
-        b,
-        DevOptions {
-            read_only: false,
-            verify: true,
-        },
-    )
-    .unwrap()
-}
 
 fn image(v: u64) -> Vec<u8> {
     let mut d = vec![0u8; BLOCK_SIZE];
@@ -52,13 +39,7 @@ fn superblock(dev: &Dev) -> Superblock {
 
 #[test]
 fn every_crash_state_shows_whole_transactions() {
-    let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(SIZE));
-    IntegrityStore::format(
-        &*mem,
-        IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
-    )
-    .unwrap();
-    let lw = Arc::new(LogWritesBackend::new(mem));
+    let lw = logged_device(SIZE);
     // Group A: 6 blocks every transaction writes; group B: 3 blocks only
     // even transactions write. Free data blocks of group 0 stand in for
     // metadata (their contents are nobody's business to fsck).
@@ -106,29 +87,9 @@ fn every_crash_state_shows_whole_transactions() {
         j.close().unwrap();
         dev.close().unwrap();
     }
-    let log = lw.entries();
-    let span_after = |fp: usize| {
-        log[fp..]
-            .iter()
-            .position(|e| matches!(e, LogEntry::Flush))
-            .unwrap_or(log.len() - fp)
-    };
-    let mut states: Vec<(usize, Option<usize>)> = (base..=log.len()).map(|n| (n, None)).collect();
-    for fp in lw.flush_points().into_iter().filter(|&f| f >= base) {
-        for d in 0..span_after(fp) {
-            states.push((fp, Some(d)));
-        }
-    }
     let mut checked = 0;
-    for (n, drop) in states {
-        let target: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(SIZE));
-        match drop {
-            None => lw.replay(n, &*target).unwrap(),
-            Some(d) => {
-                let keep: Vec<bool> = (0..span_after(n)).map(|i| i != d).collect();
-                lw.replay_subset(n, &keep, &*target).unwrap();
-            }
-        }
+    for (n, drop) in crash_states(&lw, base) {
+        let target = crash_device(&lw, (n, drop), SIZE);
         let dev = dev_on(target);
         let j = Journaled::open(&dev, superblock(&dev)).unwrap();
         let va: Vec<Option<u64>> = a.iter().map(|&x| value(&j.read(x).unwrap())).collect();
@@ -157,16 +118,8 @@ fn every_crash_state_shows_whole_transactions() {
         j.close().unwrap();
         let sb = superblock(&dev);
         assert!(sb.state & STATE_CLEAN != 0 && sb.incompat & INCOMPAT_RECOVER == 0);
-        let opts = FsckOptions {
-            mode: Mode::No,
-            force: true,
-            verbose: false,
-            scrub: false,
-            backup: None,
-        };
-        let mut said = Vec::new();
-        let r = fsck(&dev, &opts, &mut |m| said.push(m.to_string())).unwrap();
-        assert_eq!(r.problems, 0, "state ({n}, {drop:?}): {said:?}");
+        let (problems, said) = check_quietly(&dev);
+        assert_eq!(problems, 0, "state ({n}, {drop:?}): {said:?}");
         let _ = Image::open(&dev, None).unwrap();
         dev.close().unwrap();
         checked += 1;

@@ -104,6 +104,35 @@ fn leaf_fits(entries: &[DirEntry]) -> bool {
 
 const NODE_CAPACITY: usize = ENTRY_SPACE / NODE_ENTRY;
 
+/// The root (logical 0) split into `left` and `right` (whose lowest hash is
+/// `right_hash`): both move to new blocks and the root becomes an index of
+/// `depth` over them. Returns the new blocks (left, right).
+fn grow_root(
+    b: &mut dyn DirBlocks,
+    left: DirNode,
+    right: DirNode,
+    right_hash: u64,
+    depth: u16,
+) -> Result<(u64, u64)> {
+    let (l, r) = (b.alloc()?, b.alloc()?);
+    b.write(l, left)?;
+    b.write(r, right)?;
+    b.write(
+        0,
+        DirNode::Node {
+            depth,
+            entries: vec![
+                NodeEntry { hash: 0, child: l },
+                NodeEntry {
+                    hash: right_hash,
+                    child: r,
+                },
+            ],
+        },
+    )?;
+    Ok((l, r))
+}
+
 /// Insert `entry` (its hash already computed). Fails with
 /// [`DirError::Exists`] if the name is there.
 pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(), DirError> {
@@ -142,28 +171,21 @@ pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(),
     let right_hash = right_entries[0].hash;
     if leaf_logical == 0 {
         // The root leaf: both halves move out, the root becomes an index.
-        let (l, r) = (b.alloc()?, b.alloc()?);
-        b.write(l, DirNode::Leaf { next: r, entries })?;
-        b.write(
-            r,
+        // The left half links to the right, which takes the root's link.
+        let (l, r) = grow_root(
+            b,
+            DirNode::Leaf { next: 0, entries },
             DirNode::Leaf {
                 next,
                 entries: right_entries,
             },
+            right_hash,
+            1,
         )?;
-        b.write(
-            0,
-            DirNode::Node {
-                depth: 1,
-                entries: vec![
-                    NodeEntry { hash: 0, child: l },
-                    NodeEntry {
-                        hash: right_hash,
-                        child: r,
-                    },
-                ],
-            },
-        )?;
+        let DirNode::Leaf { entries, .. } = b.read(l)? else {
+            return Err(bad("a moved leaf is not a leaf".into()).into());
+        };
+        b.write(l, DirNode::Leaf { next: r, entries })?;
         return Ok(());
     }
     let r = b.alloc()?;
@@ -196,27 +218,15 @@ pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(),
             if depth >= MAX_DEPTH {
                 return Err(bad("directory index full".into()).into());
             }
-            let (l, r) = (b.alloc()?, b.alloc()?);
-            b.write(l, DirNode::Node { depth, entries })?;
-            b.write(
-                r,
+            grow_root(
+                b,
+                DirNode::Node { depth, entries },
                 DirNode::Node {
                     depth,
                     entries: right,
                 },
-            )?;
-            b.write(
-                0,
-                DirNode::Node {
-                    depth: depth + 1,
-                    entries: vec![
-                        NodeEntry { hash: 0, child: l },
-                        NodeEntry {
-                            hash: right_hash,
-                            child: r,
-                        },
-                    ],
-                },
+                right_hash,
+                depth + 1,
             )?;
             return Ok(());
         }

@@ -220,3 +220,88 @@ pub fn readlink(img: &Image<'_>, path: &str) -> Option<Vec<u8>> {
         }
     }
 }
+
+/// A read-write, verifying `Dev` over any backend.
+pub fn dev_on(b: std::sync::Arc<dyn biofs::block::backend::BlockBackend>) -> Dev {
+    Dev::from_backend(
+        b,
+        DevOptions {
+            read_only: false,
+            verify: true,
+        },
+    )
+    .expect("open the device")
+}
+
+/// A forced read-only check in-process: (problems found, what fsck said).
+pub fn check_quietly(dev: &Dev) -> (u64, Vec<String>) {
+    use biofs::format::fsck::{fsck, FsckOptions, Mode};
+    let opts = FsckOptions {
+        mode: Mode::No,
+        force: true,
+        verbose: false,
+        scrub: false,
+        backup: None,
+    };
+    let mut said = Vec::new();
+    let r = fsck(dev, &opts, &mut |m| said.push(m.to_string())).expect("fsck runs");
+    (r.problems, said)
+}
+
+/// A memory device of `size` bytes with a crc32c integrity store, under a
+/// write logger.
+pub fn logged_device(size: u64) -> std::sync::Arc<biofs::block::backend::LogWritesBackend> {
+    use biofs::block::backend::{BlockBackend, LogWritesBackend, MemBackend};
+    use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
+    let mem: std::sync::Arc<dyn BlockBackend> = std::sync::Arc::new(MemBackend::new(size));
+    IntegrityStore::format(
+        &*mem,
+        IntegrityProfile::new(4096, Checksum::Crc32c).expect("profile"),
+    )
+    .expect("integrity format");
+    std::sync::Arc::new(LogWritesBackend::new(mem))
+}
+
+/// Crash states of a write log from entry `base` on: every prefix
+/// `(n, None)`, and at each flush point each single write after it lost
+/// `(flush point, Some(index of the lost write))`.
+pub fn crash_states(
+    lw: &biofs::block::backend::LogWritesBackend,
+    base: usize,
+) -> Vec<(usize, Option<usize>)> {
+    let len = lw.entries().len();
+    let mut states: Vec<(usize, Option<usize>)> = (base..=len).map(|n| (n, None)).collect();
+    for fp in lw.flush_points().into_iter().filter(|&f| f >= base) {
+        for d in 0..writes_after(lw, fp) {
+            states.push((fp, Some(d)));
+        }
+    }
+    states
+}
+
+/// Entries after flush point `fp` up to the next flush.
+fn writes_after(lw: &biofs::block::backend::LogWritesBackend, fp: usize) -> usize {
+    let log = lw.entries();
+    log[fp..]
+        .iter()
+        .position(|e| matches!(e, biofs::block::backend::LogEntry::Flush))
+        .unwrap_or(log.len() - fp)
+}
+
+/// A fresh memory device holding crash state `(n, drop)` of `lw`.
+pub fn crash_device(
+    lw: &biofs::block::backend::LogWritesBackend,
+    (n, drop): (usize, Option<usize>),
+    size: u64,
+) -> std::sync::Arc<dyn biofs::block::backend::BlockBackend> {
+    let target: std::sync::Arc<dyn biofs::block::backend::BlockBackend> =
+        std::sync::Arc::new(biofs::block::backend::MemBackend::new(size));
+    match drop {
+        None => lw.replay(n, &*target).expect("replay"),
+        Some(d) => {
+            let keep: Vec<bool> = (0..writes_after(lw, n)).map(|i| i != d).collect();
+            lw.replay_subset(n, &keep, &*target).expect("replay subset");
+        }
+    }
+    target
+}
