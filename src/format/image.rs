@@ -101,40 +101,58 @@ impl<'d> Image<'d> {
         })
     }
 
+    /// Blocks near the end of `dev` that start with the superblock magic,
+    /// last first, with their bytes: where mkfs leaves its backup. Read in
+    /// one pass (block by block only if that fails: some may not read).
+    fn superblock_candidates(dev: &Dev) -> Vec<(u64, Vec<u8>)> {
+        let end = dev.blocks();
+        let from = end.saturating_sub(BACKUP_SEARCH);
+        let blocks: Vec<(u64, Vec<u8>)> = match dev.read_pages(from, end - from) {
+            Ok(pages) => (from..end)
+                .zip(pages)
+                .map(|(b, p)| (b, p.as_slice().to_vec()))
+                .collect(),
+            Err(_) => (from..end)
+                .filter_map(|b| dev.read_block(b).ok().map(|raw| (b, raw)))
+                .collect(),
+        };
+        blocks
+            .into_iter()
+            .rev()
+            .filter(|(_, raw)| raw.starts_with(&super::superblock::MAGIC))
+            .collect()
+    }
+
     /// Look for a valid backup superblock near the end of the device.
     /// A candidate counts only if the journal superblock it points to
     /// verifies under its UUID: a stale backup left by an earlier
     /// filesystem (mkfs made the new one a little shorter) fails that,
     /// because mkfs rewrote the journal superblock with the new UUID.
     pub fn find_backup(dev: &Dev) -> Option<(u64, Superblock)> {
-        let end = dev.blocks();
-        let from = end.saturating_sub(BACKUP_SEARCH);
-        (from..end).rev().find_map(|b| {
-            let raw = dev.read_block(b).ok()?;
-            let sb = Superblock::decode(&raw, b).ok()?;
-            if sb.blocks_count != b + 1 {
-                return None;
-            }
-            let jraw = dev.read_block(sb.journal_start).ok()?;
-            super::journal::JournalSuper::decode(
-                sb.seed(),
-                sb.journal_start,
-                sb.journal_blocks,
-                &jraw,
-            )
-            .ok()?;
-            Some((b, sb))
-        })
+        Image::superblock_candidates(dev)
+            .into_iter()
+            .find_map(|(b, raw)| {
+                let sb = Superblock::decode(&raw, b).ok()?;
+                if sb.blocks_count != b + 1 {
+                    return None;
+                }
+                let jraw = dev.read_block(sb.journal_start).ok()?;
+                super::journal::JournalSuper::decode(
+                    sb.seed(),
+                    sb.journal_start,
+                    sb.journal_blocks,
+                    &jraw,
+                )
+                .ok()?;
+                Some((b, sb))
+            })
     }
 
     /// Blocks near the end of `dev` that hold a superblock (old backups).
     pub fn stale_backups(dev: &Dev) -> Vec<u64> {
-        let end = dev.blocks();
-        (end.saturating_sub(BACKUP_SEARCH)..end)
-            .filter(|&b| {
-                dev.read_block(b)
-                    .is_ok_and(|raw| raw[..8] == super::superblock::MAGIC)
-            })
+        Image::superblock_candidates(dev)
+            .into_iter()
+            .map(|(b, _)| b)
             .collect()
     }
 
@@ -177,11 +195,13 @@ impl<'d> Image<'d> {
     pub fn desc(&self, g: u32) -> Result<GroupDesc> {
         let (b, off) = self.geo.desc_location(g);
         let mut cache = self.gdt_cache.borrow_mut();
-        if cache.as_ref().is_none_or(|(cb, _)| *cb != b) {
-            *cache = Some((b, self.read("group descriptor table", b)?));
-        }
-        let raw = &cache.as_ref().map(|(_, r)| r.as_slice()).unwrap_or(&[]);
-        GroupDesc::decode(&self.geo, self.seed, g, &raw[off..])
+        let raw = match cache.take() {
+            Some((cb, raw)) if cb == b => raw,
+            _ => self.read("group descriptor table", b)?,
+        };
+        let d = GroupDesc::decode(&self.geo, self.seed, g, &raw[off..]);
+        *cache = Some((b, raw));
+        d
     }
 
     /// Write group `g`'s descriptor.

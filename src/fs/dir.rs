@@ -105,16 +105,16 @@ fn leaf_fits(entries: &[DirEntry]) -> bool {
 const NODE_CAPACITY: usize = ENTRY_SPACE / NODE_ENTRY;
 
 /// The root (logical 0) split into `left` and `right` (whose lowest hash is
-/// `right_hash`): both move to new blocks and the root becomes an index of
-/// `depth` over them. Returns the new blocks (left, right).
+/// `right_hash`): both move to the new blocks `l` and `r`, and the root
+/// becomes an index of `depth` over them.
 fn grow_root(
     b: &mut dyn DirBlocks,
+    (l, r): (u64, u64),
     left: DirNode,
     right: DirNode,
     right_hash: u64,
     depth: u16,
-) -> Result<(u64, u64)> {
-    let (l, r) = (b.alloc()?, b.alloc()?);
+) -> Result<()> {
     b.write(l, left)?;
     b.write(r, right)?;
     b.write(
@@ -129,8 +129,7 @@ fn grow_root(
                 },
             ],
         },
-    )?;
-    Ok((l, r))
+    )
 }
 
 /// Insert `entry` (its hash already computed). Fails with
@@ -172,9 +171,11 @@ pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(),
     if leaf_logical == 0 {
         // The root leaf: both halves move out, the root becomes an index.
         // The left half links to the right, which takes the root's link.
-        let (l, r) = grow_root(
+        let (l, r) = (b.alloc()?, b.alloc()?);
+        grow_root(
             b,
-            DirNode::Leaf { next: 0, entries },
+            (l, r),
+            DirNode::Leaf { next: r, entries },
             DirNode::Leaf {
                 next,
                 entries: right_entries,
@@ -182,10 +183,6 @@ pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(),
             right_hash,
             1,
         )?;
-        let DirNode::Leaf { entries, .. } = b.read(l)? else {
-            return Err(bad("a moved leaf is not a leaf".into()).into());
-        };
-        b.write(l, DirNode::Leaf { next: r, entries })?;
         return Ok(());
     }
     let r = b.alloc()?;
@@ -218,8 +215,10 @@ pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(),
             if depth >= MAX_DEPTH {
                 return Err(bad("directory index full".into()).into());
             }
+            let lr = (b.alloc()?, b.alloc()?);
             grow_root(
                 b,
+                lr,
                 DirNode::Node { depth, entries },
                 DirNode::Node {
                     depth,
