@@ -26,9 +26,9 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// Give block `b` the contents `data` (4096 bytes) in this transaction.
+    /// Give block `b` the contents `data` (4096 bytes) in this transaction
+    /// (a revoke of `b` in it is then cancelled by `Journal::commit`).
     pub fn write(&mut self, b: u64, data: Vec<u8>) {
-        self.revokes.retain(|&r| r != b);
         self.images.insert(b, data);
     }
 
