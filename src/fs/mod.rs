@@ -7,4 +7,9 @@
 
 pub mod alloc;
 pub mod dir;
+mod ops;
 pub mod txn;
+pub mod types;
+
+pub use ops::{Fs, MountError};
+pub use types::*;

@@ -1,0 +1,142 @@
+//! The filesystem core's API types: what [`super::Fs`] takes and returns.
+//! They are FUSE-free; `src/fuse/` translates them.
+
+use crate::format::inode::{FileType, Timespec};
+
+/// Errors are the errno values the kernel's filesystems return.
+pub use nix::errno::Errno;
+
+/// Result of a filesystem operation.
+pub type FsResult<T> = std::result::Result<T, Errno>;
+
+/// Who asks: the caller's credentials and process (for ownership of new
+/// inodes and for the io_context of the bios it causes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    /// Root, pid 0: for tools and tests.
+    pub fn root() -> Ctx {
+        Ctx::default()
+    }
+}
+
+/// An inode's attributes, as `stat(2)` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    /// 512-byte units, as `st_blocks`.
+    pub blocks: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub crtime: Timespec,
+    pub kind: FileType,
+    /// Permission bits, with setuid, setgid and sticky (no type bits).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+    pub generation: u32,
+}
+
+/// A time to set: a given time, or now (`UTIME_NOW`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(Timespec),
+}
+
+/// The changes of a `setattr` (`None`: leave alone).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timespec>,
+}
+
+/// `renameat2` flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+/// `fallocate(2)` modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallocMode {
+    /// Allocate, extending the size.
+    Allocate,
+    /// Allocate, size unchanged (`FALLOC_FL_KEEP_SIZE`).
+    KeepSize,
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`.
+    PunchHole,
+    /// `FALLOC_FL_ZERO_RANGE` (with `keep_size` for `FALLOC_FL_KEEP_SIZE`).
+    ZeroRange { keep_size: bool },
+}
+
+/// `lseek(2)` targets the core answers (SEEK_SET/CUR/END are the kernel's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekWhence {
+    Data,
+    Hole,
+}
+
+/// One directory entry of a readdir; `cookie` resumes after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntryOut {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub kind: FileType,
+    pub cookie: u64,
+}
+
+/// `statfs(2)` counts, in 4 KiB blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub read_only: bool,
+    /// Page cache limit in bytes.
+    pub cache_bytes: u64,
+    /// Engine queue workers (0: the engine's default).
+    pub workers: usize,
+    /// Verify data reads against their integrity tuples.
+    pub verify_reads: bool,
+    /// Seconds between background commits (and writeback of dirty pages).
+    pub commit_interval_secs: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            read_only: false,
+            cache_bytes: 256 << 20,
+            workers: 0,
+            verify_reads: true,
+            commit_interval_secs: 5,
+        }
+    }
+}
