@@ -14,7 +14,7 @@ use biofs::format::inode::Timespec;
 use biofs::format::mkfs::{make_fs, InodeCount, MkfsParams};
 use biofs::format::superblock::Superblock;
 use biofs::fs::alloc::Allocator;
-use biofs::fs::txn::{Journaled, Txn};
+use biofs::fs::txn::{InTxn, Journaled, Txn};
 
 mod common;
 use common::fsimage::{check_quietly, dev_on};
@@ -27,14 +27,14 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
         IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
     )
     .unwrap();
-    let dev = dev_on(mem);
+    let dev = Arc::new(dev_on(mem));
     let mut p = MkfsParams::new([8; 16], 3, Timespec { sec: 1, nsec: 0 });
     p.inodes = InodeCount::Total(3000);
     let sb = make_fs(&dev, &p).unwrap();
     let geo = sb.geometry().unwrap();
     assert!(geo.groups >= 3);
     let sb = Superblock::decode(&dev.read_block(0).unwrap(), 0).unwrap();
-    let mut j = Journaled::open(&dev, sb.clone()).unwrap();
+    let mut j = Journaled::open(dev.clone(), sb.clone()).unwrap();
     let mut a = Allocator::new(geo, sb.seed());
 
     // Runs of blocks and inodes, in a few transactions.
@@ -44,7 +44,9 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
     for t in 0..4 {
         let mut txn = Txn::default();
         for _ in 0..25 {
-            let (s, len) = a.alloc_blocks(&j, &mut txn, 0, 37).unwrap();
+            let (s, len) = a
+                .alloc_blocks(&mut InTxn::new(&j, &mut txn), 0, 37)
+                .unwrap();
             assert_eq!(len, 37, "an empty filesystem has room for whole runs");
             for b in s..s + u64::from(len) {
                 assert!(geo.is_data_block(b), "block {b} is not a data block");
@@ -53,7 +55,9 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
             runs.push((s, len));
         }
         for i in 0..60 {
-            let ino = a.alloc_inode(&j, &mut txn, t, i % 10 == 0).unwrap();
+            let ino = a
+                .alloc_inode(&mut InTxn::new(&j, &mut txn), t, i % 10 == 0)
+                .unwrap();
             assert!(
                 ino > 2 && !inodes.iter().any(|&(x, _)| x == ino),
                 "inode {ino} twice"
@@ -66,7 +70,7 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
     // A run longer than a group: the longest a group has.
     let mut txn = Txn::default();
     let (s, len) = a
-        .alloc_blocks(&j, &mut txn, geo.group_start(1), 40_000)
+        .alloc_blocks(&mut InTxn::new(&j, &mut txn), geo.group_start(1), 40_000)
         .unwrap();
     assert!(len > 30_000 && len <= geo.group_blocks(1), "{len}");
     assert_eq!(geo.block_group(s).map(|x| x.0), Some(1));
@@ -110,14 +114,17 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
     let mut txn = Txn::default();
     let freed: Vec<(u64, u32)> = runs.drain(..50).collect();
     for &(s, len) in &freed {
-        a.free_blocks(&j, &mut txn, s, len).unwrap();
+        a.free_blocks(&mut InTxn::new(&j, &mut txn), s, len)
+            .unwrap();
     }
     let freed_set: HashSet<u64> = freed
         .iter()
         .flat_map(|&(s, l)| s..s + u64::from(l))
         .collect();
     for _ in 0..40 {
-        let (s, len) = a.alloc_blocks(&j, &mut txn, 0, 37).unwrap();
+        let (s, len) = a
+            .alloc_blocks(&mut InTxn::new(&j, &mut txn), 0, 37)
+            .unwrap();
         for b in s..s + u64::from(len) {
             assert!(
                 !freed_set.contains(&b),
@@ -127,13 +134,16 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
         runs.push((s, len));
     }
     assert!(
-        a.free_blocks(&j, &mut txn, freed[0].0, 1).is_err(),
+        a.free_blocks(&mut InTxn::new(&j, &mut txn), freed[0].0, 1)
+            .is_err(),
         "double free accepted"
     );
     j.commit(txn).unwrap();
     a.committed();
     let mut txn = Txn::default();
-    let (s, _) = a.alloc_blocks(&j, &mut txn, freed[0].0, 37).unwrap();
+    let (s, _) = a
+        .alloc_blocks(&mut InTxn::new(&j, &mut txn), freed[0].0, 37)
+        .unwrap();
     assert!(
         freed_set.contains(&s),
         "after the commit the freed blocks are reused first near the goal"
@@ -145,16 +155,18 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
     // Free everything; the filesystem is as mkfs left it, as fsck sees it.
     let mut txn = Txn::default();
     for &(s, len) in &runs {
-        a.free_blocks(&j, &mut txn, s, len).unwrap();
+        a.free_blocks(&mut InTxn::new(&j, &mut txn), s, len)
+            .unwrap();
     }
     for &(ino, dir) in &inodes {
-        a.free_inode(&j, &mut txn, ino, dir).unwrap();
+        a.free_inode(&mut InTxn::new(&j, &mut txn), ino, dir)
+            .unwrap();
     }
     j.commit(txn).unwrap();
     j.close().unwrap();
     let (problems, said) = check_quietly(&dev);
     assert_eq!(problems, 0, "{said:?}");
-    dev.close().unwrap();
+    Arc::into_inner(dev).unwrap().close().unwrap();
 }
 
 /// A goal near the end of a group with only a short free tail after it
@@ -163,21 +175,23 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
 #[test]
 fn a_goal_near_a_groups_end_still_gets_a_whole_run_in_that_group() {
     let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(400 << 20));
-    let dev = dev_on(mem);
+    let dev = Arc::new(dev_on(mem));
     let sb = make_fs(
         &dev,
         &MkfsParams::new([8; 16], 3, Timespec { sec: 1, nsec: 0 }),
     )
     .unwrap();
     let geo = sb.geometry().unwrap();
-    let mut j = Journaled::open(&dev, sb.clone()).unwrap();
+    let mut j = Journaled::open(dev.clone(), sb.clone()).unwrap();
     let mut a = Allocator::new(geo, sb.seed());
     let mut txn = Txn::default();
     let goal = geo.group_start(0) + u64::from(geo.group_blocks(0)) - 5;
-    let (s, len) = a.alloc_blocks(&j, &mut txn, goal, 100).unwrap();
+    let (s, len) = a
+        .alloc_blocks(&mut InTxn::new(&j, &mut txn), goal, 100)
+        .unwrap();
     assert_eq!(len, 100);
     assert_eq!(geo.block_group(s).map(|x| x.0), Some(0), "run at {s}");
     j.commit(txn).unwrap();
     j.close().unwrap();
-    dev.close().unwrap();
+    Arc::into_inner(dev).unwrap().close().unwrap();
 }

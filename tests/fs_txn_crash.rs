@@ -6,6 +6,8 @@
 //! one transaction's value, no older than the last commit that returned
 //! before the crash, and fsck must find nothing.
 
+use std::sync::Arc;
+
 use biofs::format::dev::Dev;
 use biofs::format::image::Image;
 use biofs::format::inode::Timespec;
@@ -44,7 +46,7 @@ fn every_crash_state_shows_whole_transactions() {
     // even transactions write. Free data blocks of group 0 stand in for
     // metadata (their contents are nobody's business to fsck).
     let (a, b) = {
-        let dev = dev_on(lw.clone());
+        let dev = Arc::new(dev_on(lw.clone()));
         let mut p = MkfsParams::new([5; 16], 9, Timespec { sec: 1, nsec: 0 });
         p.inodes = InodeCount::Total(64);
         p.journal_blocks = Some(256);
@@ -58,14 +60,14 @@ fn every_crash_state_shows_whole_transactions() {
         for &x in a.iter().chain(&b) {
             dev.write_block(x, &zero).unwrap();
         }
-        dev.close().unwrap();
+        Arc::into_inner(dev).unwrap().close().unwrap();
         (a, b)
     };
     let base = lw.mark("made");
     let mut returned = Vec::new(); // (log index when commit k returned, k)
     {
-        let dev = dev_on(lw.clone());
-        let mut j = Journaled::open(&dev, superblock(&dev)).unwrap();
+        let dev = Arc::new(dev_on(lw.clone()));
+        let mut j = Journaled::open(dev.clone(), superblock(&dev)).unwrap();
         for k in 1..=TXNS {
             let mut t = Txn::default();
             for &x in &a {
@@ -85,13 +87,13 @@ fn every_crash_state_shows_whole_transactions() {
             }
         }
         j.close().unwrap();
-        dev.close().unwrap();
+        Arc::into_inner(dev).unwrap().close().unwrap();
     }
     let mut checked = 0;
     for (n, drop) in crash_states(&lw, base) {
         let target = crash_device(&lw, (n, drop), SIZE);
-        let dev = dev_on(target);
-        let j = Journaled::open(&dev, superblock(&dev)).unwrap();
+        let dev = Arc::new(dev_on(target));
+        let j = Journaled::open(dev.clone(), superblock(&dev)).unwrap();
         let va: Vec<Option<u64>> = a.iter().map(|&x| value(&j.read(x).unwrap())).collect();
         let vb: Vec<Option<u64>> = b.iter().map(|&x| value(&j.read(x).unwrap())).collect();
         let v = va[0].unwrap_or_else(|| panic!("state ({n}, {drop:?}): torn block {va:?}"));
@@ -121,7 +123,7 @@ fn every_crash_state_shows_whole_transactions() {
         let (problems, said) = check_quietly(&dev);
         assert_eq!(problems, 0, "state ({n}, {drop:?}): {said:?}");
         let _ = Image::open(&dev, None).unwrap();
-        dev.close().unwrap();
+        Arc::into_inner(dev).unwrap().close().unwrap();
         checked += 1;
     }
     println!("{checked} crash states checked");

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 
-use super::txn::{Journaled, Txn};
+use super::txn::MetaIo;
 use crate::format::bitmap;
 use crate::format::error::{FormatError, Result};
 use crate::format::geometry::Geometry;
@@ -32,13 +32,6 @@ pub struct Allocator {
     /// Blocks freed by the running transaction: not reusable before it
     /// commits.
     pending_free: HashSet<u64>,
-}
-
-fn latest(j: &Journaled<'_>, txn: &Txn, b: u64) -> Result<Vec<u8>> {
-    match txn.image(b) {
-        Some(img) => Ok(img.to_vec()),
-        None => j.read(b),
-    }
 }
 
 impl Allocator {
@@ -55,26 +48,26 @@ impl Allocator {
         self.pending_free.clear();
     }
 
-    fn desc(&self, j: &Journaled<'_>, txn: &Txn, g: u32) -> Result<GroupDesc> {
+    fn desc(&self, io: &mut dyn MetaIo, g: u32) -> Result<GroupDesc> {
         let (b, off) = self.geo.desc_location(g);
-        let raw = latest(j, txn, b)?;
+        let raw = io.read_meta(b)?;
         GroupDesc::decode(&self.geo, self.seed, g, &raw[off..])
     }
 
-    fn put_desc(&self, j: &Journaled<'_>, txn: &mut Txn, g: u32, d: &GroupDesc) -> Result<()> {
+    fn put_desc(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<()> {
         let (b, off) = self.geo.desc_location(g);
-        let mut raw = latest(j, txn, b)?;
+        let mut raw = io.read_meta(b)?;
         d.encode(self.seed, g, &mut raw[off..]);
-        txn.write(b, raw);
+        io.write_meta(b, raw);
         Ok(())
     }
 
-    fn block_bitmap(&self, j: &Journaled<'_>, txn: &Txn, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
+    fn block_bitmap(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
         if d.block_uninit() {
             return Ok(uninit_block_bitmap(&self.geo, g));
         }
         let b = self.geo.block_bitmap(g);
-        let raw = latest(j, txn, b)?;
+        let raw = io.read_meta(b)?;
         FormatError::check_csum(
             "block bitmap",
             b,
@@ -84,12 +77,12 @@ impl Allocator {
         Ok(raw)
     }
 
-    fn inode_bitmap(&self, j: &Journaled<'_>, txn: &Txn, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
+    fn inode_bitmap(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
         if d.inode_uninit() {
             return Ok(uninit_inode_bitmap(&self.geo));
         }
         let b = self.geo.inode_bitmap(g);
-        let raw = latest(j, txn, b)?;
+        let raw = io.read_meta(b)?;
         FormatError::check_csum(
             "inode bitmap",
             b,
@@ -104,8 +97,7 @@ impl Allocator {
     /// ENOSPC-like `Invalid("no space")` when no block is free.
     pub fn alloc_blocks(
         &mut self,
-        j: &Journaled<'_>,
-        txn: &mut Txn,
+        io: &mut dyn MetaIo,
         goal: u64,
         want: u32,
     ) -> Result<(u64, u32)> {
@@ -114,11 +106,11 @@ impl Allocator {
         let mut best: Option<(u32, usize, usize)> = None; // (group, start, len)
         for k in 0..self.geo.groups {
             let g = (start_g + k) % self.geo.groups;
-            let d = self.desc(j, txn, g)?;
+            let d = self.desc(io, g)?;
             if d.free_blocks == 0 {
                 continue;
             }
-            let mut map = self.block_bitmap(j, txn, g, &d)?;
+            let mut map = self.block_bitmap(io, g, &d)?;
             // Blocks freed in this transaction look used to the search.
             for &b in &self.pending_free {
                 if let Some((pg, i)) = self.geo.block_group(b) {
@@ -161,28 +153,22 @@ impl Allocator {
             return Err(FormatError::invalid("allocation", "no space"));
         };
         let len = len.min(want as usize);
-        let mut d = self.desc(j, txn, g)?;
-        let mut map = self.block_bitmap(j, txn, g, &d)?;
+        let mut d = self.desc(io, g)?;
+        let mut map = self.block_bitmap(io, g, &d)?;
         bitmap::set_range(&mut map, s, len);
         d.free_blocks -= len as u32;
         d.flags &= !crate::format::group::BLOCK_UNINIT;
         let bb = self.geo.block_bitmap(g);
         d.block_bitmap_csum = bitmap_csum(self.seed, bb, &map);
         // An inode side still uninitialised keeps its computed bitmap.
-        txn.write(bb, map);
-        self.put_desc(j, txn, g, &d)?;
+        io.write_meta(bb, map);
+        self.put_desc(io, g, &d)?;
         Ok((self.geo.group_start(g) + s as u64, len as u32))
     }
 
     /// Free `len` blocks from `start` (all in one group) in `txn`; they
     /// become reusable once the transaction commits.
-    pub fn free_blocks(
-        &mut self,
-        j: &Journaled<'_>,
-        txn: &mut Txn,
-        start: u64,
-        len: u32,
-    ) -> Result<()> {
+    pub fn free_blocks(&mut self, io: &mut dyn MetaIo, start: u64, len: u32) -> Result<()> {
         let Some((g, i)) = self.geo.block_group(start) else {
             return Err(FormatError::invalid(
                 "free",
@@ -201,8 +187,8 @@ impl Allocator {
                 format!("blocks {start}+{len} are not data blocks of one group"),
             ));
         }
-        let mut d = self.desc(j, txn, g)?;
-        let mut map = self.block_bitmap(j, txn, g, &d)?;
+        let mut d = self.desc(io, g)?;
+        let mut map = self.block_bitmap(io, g, &d)?;
         for k in 0..len as usize {
             if !bitmap::test(&map, i as usize + k) {
                 return Err(FormatError::invalid(
@@ -217,36 +203,30 @@ impl Allocator {
         d.flags &= !crate::format::group::BLOCK_UNINIT;
         let bb = self.geo.block_bitmap(g);
         d.block_bitmap_csum = bitmap_csum(self.seed, bb, &map);
-        txn.write(bb, map);
-        self.put_desc(j, txn, g, &d)
+        io.write_meta(bb, map);
+        self.put_desc(io, g, &d)
     }
 
     /// A free inode number, preferring group `hint`; directories go to the
     /// group with the most free inodes instead. The inode itself is the
     /// caller's to write (in the same transaction).
-    pub fn alloc_inode(
-        &mut self,
-        j: &Journaled<'_>,
-        txn: &mut Txn,
-        hint: u32,
-        dir: bool,
-    ) -> Result<u64> {
+    pub fn alloc_inode(&mut self, io: &mut dyn MetaIo, hint: u32, dir: bool) -> Result<u64> {
         let groups = self.geo.groups;
         let mut order: Vec<u32> = (0..groups).map(|k| (hint % groups + k) % groups).collect();
         if dir {
             let mut counts = Vec::with_capacity(groups as usize);
             for g in 0..groups {
-                counts.push((self.desc(j, txn, g)?.free_inodes, g));
+                counts.push((self.desc(io, g)?.free_inodes, g));
             }
             counts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             order = counts.into_iter().map(|(_, g)| g).collect();
         }
         for g in order {
-            let mut d = self.desc(j, txn, g)?;
+            let mut d = self.desc(io, g)?;
             if d.free_inodes == 0 {
                 continue;
             }
-            let mut map = self.inode_bitmap(j, txn, g, &d)?;
+            let mut map = self.inode_bitmap(io, g, &d)?;
             let Some((idx, _)) =
                 bitmap::find_free_run(&map, 0, self.geo.inodes_per_group as usize, 1)
             else {
@@ -268,7 +248,7 @@ impl Allocator {
                     if tb * INODES_PER_BLOCK < old_mark {
                         continue; // holds live inodes already
                     }
-                    txn.write(b, vec![0u8; BLOCK_SIZE]);
+                    io.write_meta(b, vec![0u8; BLOCK_SIZE]);
                 }
                 d.itable_unused_from = (last + 1) * INODES_PER_BLOCK;
             }
@@ -283,26 +263,20 @@ impl Allocator {
                 let bb = self.geo.block_bitmap(g);
                 let bmap = uninit_block_bitmap(&self.geo, g);
                 d.block_bitmap_csum = bitmap_csum(self.seed, bb, &bmap);
-                txn.write(bb, bmap);
+                io.write_meta(bb, bmap);
             }
             d.flags = 0;
             let ib = self.geo.inode_bitmap(g);
             d.inode_bitmap_csum = bitmap_csum(self.seed, ib, &map);
-            txn.write(ib, map);
-            self.put_desc(j, txn, g, &d)?;
+            io.write_meta(ib, map);
+            self.put_desc(io, g, &d)?;
             return Ok(self.geo.ino_of(g, idx));
         }
         Err(FormatError::invalid("allocation", "no free inode"))
     }
 
     /// Free inode `ino` in `txn` (its bytes are the caller's to zero).
-    pub fn free_inode(
-        &mut self,
-        j: &Journaled<'_>,
-        txn: &mut Txn,
-        ino: u64,
-        dir: bool,
-    ) -> Result<()> {
+    pub fn free_inode(&mut self, io: &mut dyn MetaIo, ino: u64, dir: bool) -> Result<()> {
         if !self.geo.ino_valid(ino) {
             return Err(FormatError::invalid(
                 "free",
@@ -310,8 +284,8 @@ impl Allocator {
             ));
         }
         let (g, idx) = self.geo.ino_group(ino);
-        let mut d = self.desc(j, txn, g)?;
-        let mut map = self.inode_bitmap(j, txn, g, &d)?;
+        let mut d = self.desc(io, g)?;
+        let mut map = self.inode_bitmap(io, g, &d)?;
         if !bitmap::test(&map, idx as usize) {
             return Err(FormatError::invalid(
                 "free",
@@ -325,7 +299,7 @@ impl Allocator {
         }
         let ib = self.geo.inode_bitmap(g);
         d.inode_bitmap_csum = bitmap_csum(self.seed, ib, &map);
-        txn.write(ib, map);
-        self.put_desc(j, txn, g, &d)
+        io.write_meta(ib, map);
+        self.put_desc(io, g, &d)
     }
 }

@@ -11,6 +11,7 @@
 //! before it commits) is the allocator's.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::format::dev::Dev;
 use crate::format::error::{FormatError, Result};
@@ -46,6 +47,14 @@ impl Txn {
         self.images.get(&b).map(Vec::as_slice)
     }
 
+    /// Blocks this transaction gives images or revokes.
+    pub fn blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.images
+            .keys()
+            .copied()
+            .chain(self.revokes.iter().copied())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.images.is_empty() && self.revokes.is_empty()
     }
@@ -56,9 +65,48 @@ impl Txn {
     }
 }
 
+/// Metadata blocks as a transaction sees them: what allocation and the
+/// filesystem's structures read and write through.
+pub trait MetaIo {
+    /// The latest contents of block `b`.
+    fn read_meta(&mut self, b: u64) -> Result<Vec<u8>>;
+    /// Give block `b` the contents `data` in the running transaction.
+    fn write_meta(&mut self, b: u64, data: Vec<u8>);
+    /// Block `b` (metadata) is freed in the running transaction.
+    fn revoke_meta(&mut self, b: u64);
+}
+
+/// A transaction over the journal, without caching: reads see the
+/// transaction's images, then the journal's.
+pub struct InTxn<'a> {
+    pub j: &'a Journaled,
+    pub txn: &'a mut Txn,
+}
+
+impl<'a> InTxn<'a> {
+    pub fn new(j: &'a Journaled, txn: &'a mut Txn) -> InTxn<'a> {
+        InTxn { j, txn }
+    }
+}
+
+impl MetaIo for InTxn<'_> {
+    fn read_meta(&mut self, b: u64) -> Result<Vec<u8>> {
+        match self.txn.image(b) {
+            Some(img) => Ok(img.to_vec()),
+            None => self.j.read(b),
+        }
+    }
+    fn write_meta(&mut self, b: u64, data: Vec<u8>) {
+        self.txn.write(b, data);
+    }
+    fn revoke_meta(&mut self, b: u64) {
+        self.txn.revoke(b);
+    }
+}
+
 /// The journaled metadata of a mounted filesystem.
-pub struct Journaled<'d> {
-    dev: &'d Dev,
+pub struct Journaled {
+    dev: Arc<Dev>,
     journal: Journal,
     /// Superblock as on disk (for its seed and layout).
     sb: Superblock,
@@ -68,14 +116,14 @@ pub struct Journaled<'d> {
     log_used: u64,
 }
 
-impl<'d> Journaled<'d> {
+impl Journaled {
     /// Open for writing: replay whatever the log holds (a crash), then set
     /// `INCOMPAT_RECOVER` and clear `STATE_CLEAN` on disk, durably, so that
     /// until a clean close every reader knows to recover first.
-    pub fn open(dev: &'d Dev, mut sb: Superblock) -> Result<Journaled<'d>> {
-        let mut journal = Journal::open(dev, &sb)?;
+    pub fn open(dev: Arc<Dev>, mut sb: Superblock) -> Result<Journaled> {
+        let mut journal = Journal::open(&dev, &sb)?;
         if journal.needs_recovery() {
-            journal.replay(dev)?;
+            journal.replay(&dev)?;
             // The superblock may have been replayed.
             let raw = dev
                 .read_block(0)
@@ -84,7 +132,7 @@ impl<'d> Journaled<'d> {
         }
         sb.incompat |= INCOMPAT_RECOVER;
         sb.state &= !STATE_CLEAN;
-        write_superblock(dev, &sb)?;
+        write_superblock(&dev, &sb)?;
         Ok(Journaled {
             dev,
             journal,
@@ -103,6 +151,26 @@ impl<'d> Journaled<'d> {
         self.dev
             .read_block(b)
             .map_err(|e| FormatError::io("metadata", b, e))
+    }
+
+    /// The committed image of `b` not yet written home, if any.
+    pub fn committed_image(&self, b: u64) -> Option<&[u8]> {
+        self.committed.get(&b).map(Vec::as_slice)
+    }
+
+    /// The device under the journal.
+    pub fn dev(&self) -> &Arc<Dev> {
+        &self.dev
+    }
+
+    /// The superblock as this open found it (after any replay).
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    /// Log blocks used since the last checkpoint, and the journal's size.
+    pub fn log_usage(&self) -> (u64, u64) {
+        (self.log_used, self.sb.journal_blocks)
     }
 
     /// Log `txn` durably. When this returns, a crash keeps the whole
@@ -130,7 +198,7 @@ impl<'d> Journaled<'d> {
                 "an image is not one block",
             ));
         }
-        self.journal.commit(self.dev, &images, &txn.revokes)?;
+        self.journal.commit(&self.dev, &images, &txn.revokes)?;
         self.log_used += need;
         for b in &txn.revokes {
             self.committed.remove(b);
@@ -150,7 +218,7 @@ impl<'d> Journaled<'d> {
                 .map_err(|e| FormatError::io("checkpoint", *b, e))?;
         }
         // `reset` flushes the homes before it empties the log.
-        self.journal.reset(self.dev)?;
+        self.journal.reset(&self.dev)?;
         self.committed.clear();
         self.log_used = 0;
         Ok(())
@@ -163,7 +231,7 @@ impl<'d> Journaled<'d> {
         let mut sb = Superblock::decode(&raw, 0)?;
         sb.incompat &= !INCOMPAT_RECOVER;
         sb.state |= STATE_CLEAN;
-        write_superblock(self.dev, &sb)
+        write_superblock(&self.dev, &sb)
     }
 }
 
