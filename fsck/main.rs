@@ -145,6 +145,7 @@ fn main() -> ExitCode {
         DevOptions {
             read_only: mode == Mode::No,
             verify: true,
+            workers: 0,
         },
     ) {
         Ok(d) => d,

@@ -350,6 +350,7 @@ fn run(a: &Args) -> Result<(), String> {
         DevOptions {
             read_only: false,
             verify: true,
+            workers: 0,
         },
     )
     .map_err(|e| format!("{}: {e}", a.target.display()))?;

@@ -93,7 +93,7 @@ fn every_crash_state_shows_whole_transactions() {
     for (n, drop) in crash_states(&lw, base) {
         let target = crash_device(&lw, (n, drop), SIZE);
         let dev = Arc::new(dev_on(target));
-        let j = Journaled::open(dev.clone(), superblock(&dev)).unwrap();
+        let mut j = Journaled::open(dev.clone(), superblock(&dev)).unwrap();
         let va: Vec<Option<u64>> = a.iter().map(|&x| value(&j.read(x).unwrap())).collect();
         let vb: Vec<Option<u64>> = b.iter().map(|&x| value(&j.read(x).unwrap())).collect();
         let v = va[0].unwrap_or_else(|| panic!("state ({n}, {drop:?}): torn block {va:?}"));

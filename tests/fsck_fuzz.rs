@@ -132,6 +132,7 @@ fn run_fsck(path: &Path, mode: Mode, what: &str) -> Result<FsckReport, FsckError
                 biofs::format::dev::DevOptions {
                     read_only: mode == Mode::No,
                     verify: true,
+                    workers: 0,
                 },
             )
             .unwrap();

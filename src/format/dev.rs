@@ -29,6 +29,8 @@ pub struct DevOptions {
     pub read_only: bool,
     /// Verify reads against integrity tuples (when the device has them).
     pub verify: bool,
+    /// Queue workers (0: the engine's default).
+    pub workers: usize,
 }
 
 /// A device opened through the engine.
@@ -124,10 +126,13 @@ impl Dev {
             // reads are then not verified (fsck -n says so).
             IntegrityMode::Off
         };
-        let config = QueueConfig {
+        let mut config = QueueConfig {
             integrity,
             ..QueueConfig::default()
         };
+        if opts.workers > 0 {
+            config.nr_workers = opts.workers;
+        }
         // The filesystem lives in the data area before the tuples, whether
         // or not this open uses them.
         let data_bytes = match &profile {

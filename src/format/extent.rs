@@ -271,6 +271,109 @@ impl ExtentNode {
     }
 }
 
+/// Encoded tree nodes: (block, image).
+pub type NodeImages = Vec<(u64, Vec<u8>)>;
+
+/// The tree holding `extents` (sorted, non-overlapping) for inode `ino`:
+/// the root for the inode, and the node blocks below it as (block, image),
+/// numbered by `alloc`.
+pub fn build_tree(
+    seed: u32,
+    ino: u64,
+    extents: &[Extent],
+    alloc: &mut dyn FnMut() -> Result<u64>,
+) -> Result<(ExtentNode, NodeImages)> {
+    let mut blocks = Vec::new();
+    if extents.len() <= ExtentNode::capacity(true, true) {
+        return Ok((ExtentNode::Leaf(extents.to_vec()), blocks));
+    }
+    // Leaves, then index levels until the rest fits the inode.
+    let mut level: Vec<IndexEntry> = Vec::new();
+    for chunk in extents.chunks(ExtentNode::capacity(true, false)) {
+        let b = alloc()?;
+        blocks.push((
+            b,
+            ExtentNode::Leaf(chunk.to_vec()).encode_block(seed, b, ino),
+        ));
+        level.push(IndexEntry {
+            logical: chunk[0].logical,
+            child: b,
+        });
+    }
+    let mut depth = 1u16;
+    while level.len() > ExtentNode::capacity(false, true) {
+        if depth >= MAX_DEPTH {
+            return Err(FormatError::invalid("extent tree", "too many extents"));
+        }
+        let mut up = Vec::new();
+        for chunk in level.chunks(ExtentNode::capacity(false, false)) {
+            let b = alloc()?;
+            let node = ExtentNode::Index {
+                depth,
+                entries: chunk.to_vec(),
+            };
+            blocks.push((b, node.encode_block(seed, b, ino)));
+            up.push(IndexEntry {
+                logical: chunk[0].logical,
+                child: b,
+            });
+        }
+        level = up;
+        depth += 1;
+    }
+    let root = ExtentNode::Index {
+        depth,
+        entries: level,
+    };
+    Ok((root, blocks))
+}
+
+/// Every extent below `root` (inode `ino`'s), reading node blocks with
+/// `read`; and the node blocks. Strict: any damage (a bad node, extents out
+/// of order or overlapping) is an error, for a mounted filesystem to
+/// refuse rather than guess.
+pub fn read_tree(
+    seed: u32,
+    ino: u64,
+    root: &ExtentNode,
+    read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
+) -> Result<(Vec<Extent>, Vec<u64>)> {
+    let mut extents: Vec<Extent> = Vec::new();
+    let mut nodes = Vec::new();
+    let mut stack: Vec<(ExtentNode, u16)> = vec![(root.clone(), root.depth() + 1)];
+    while let Some((node, parent_depth)) = stack.pop() {
+        if node.depth() + 1 != parent_depth {
+            return Err(FormatError::invalid(
+                "extent tree",
+                "node at the wrong depth",
+            ));
+        }
+        match node {
+            ExtentNode::Leaf(es) => {
+                for e in es {
+                    if extents.last().is_some_and(|p| p.logical_end() > e.logical) {
+                        return Err(FormatError::invalid(
+                            "extent tree",
+                            format!("inode {ino}: extents out of order at logical {}", e.logical),
+                        ));
+                    }
+                    extents.push(e);
+                }
+            }
+            ExtentNode::Index { depth, entries } => {
+                // Children in reverse so the stack pops them in order.
+                for ie in entries.iter().rev() {
+                    let raw = read(ie.child)?;
+                    let child = ExtentNode::decode_block(seed, ie.child, ino, &raw)?;
+                    nodes.push(ie.child);
+                    stack.push((child, depth));
+                }
+            }
+        }
+    }
+    Ok((extents, nodes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

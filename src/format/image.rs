@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::dev::Dev;
 use super::dir::{DirEntry, DirNode, NodeEntry, ENTRY_SPACE, NODE_ENTRY};
 use super::error::{FormatError, Result};
-use super::extent::{Extent, ExtentNode, IndexEntry, MAX_DEPTH};
+use super::extent::{build_tree, Extent, ExtentNode};
 use super::geometry::Geometry;
 use super::group::{bitmap_csum, uninit_block_bitmap, uninit_inode_bitmap, GroupDesc};
 use super::inode::{Inode, InodeData};
@@ -380,50 +380,13 @@ impl<'d> Image<'d> {
         extents: &[Extent],
         alloc: &mut dyn FnMut() -> Result<u64>,
     ) -> Result<Vec<u64>> {
-        let mut blocks = Vec::new();
-        let inline_leaf = ExtentNode::capacity(true, true);
-        if extents.len() <= inline_leaf {
-            inode.data = InodeData::Extents(ExtentNode::Leaf(extents.to_vec()));
-            return Ok(blocks);
-        }
-        // Leaves, then index levels until the rest fits the inode.
-        let mut level: Vec<IndexEntry> = Vec::new();
-        for chunk in extents.chunks(ExtentNode::capacity(true, false)) {
-            let b = alloc()?;
-            let node = ExtentNode::Leaf(chunk.to_vec());
-            self.write("extent block", b, &node.encode_block(self.seed, b, ino))?;
+        let (root, nodes) = build_tree(self.seed, ino, extents, alloc)?;
+        let mut blocks = Vec::with_capacity(nodes.len());
+        for (b, raw) in nodes {
+            self.write("extent block", b, &raw)?;
             blocks.push(b);
-            level.push(IndexEntry {
-                logical: chunk[0].logical,
-                child: b,
-            });
         }
-        let mut depth = 1u16;
-        while level.len() > ExtentNode::capacity(false, true) {
-            if depth >= MAX_DEPTH {
-                return Err(FormatError::invalid("extent tree", "too many extents"));
-            }
-            let mut up = Vec::new();
-            for chunk in level.chunks(ExtentNode::capacity(false, false)) {
-                let b = alloc()?;
-                let node = ExtentNode::Index {
-                    depth,
-                    entries: chunk.to_vec(),
-                };
-                self.write("extent block", b, &node.encode_block(self.seed, b, ino))?;
-                blocks.push(b);
-                up.push(IndexEntry {
-                    logical: chunk[0].logical,
-                    child: b,
-                });
-            }
-            level = up;
-            depth += 1;
-        }
-        inode.data = InodeData::Extents(ExtentNode::Index {
-            depth,
-            entries: level,
-        });
+        inode.data = InodeData::Extents(root);
         Ok(blocks)
     }
 

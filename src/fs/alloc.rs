@@ -43,6 +43,21 @@ impl Allocator {
         }
     }
 
+    /// Free blocks and free inodes over all groups, from the descriptors.
+    pub fn free_counts(&self, io: &mut dyn MetaIo) -> Result<(u64, u64)> {
+        let (mut blocks, mut inodes) = (0u64, 0u64);
+        for g in 0..self.geo.groups {
+            let d = self.desc(io, g)?;
+            blocks += u64::from(d.free_blocks);
+            inodes += u64::from(d.free_inodes);
+        }
+        // Blocks freed in the running transaction are not usable yet.
+        Ok((
+            blocks.saturating_sub(self.pending_free.len() as u64),
+            inodes,
+        ))
+    }
+
     /// The running transaction committed: its frees become reusable.
     pub fn committed(&mut self) {
         self.pending_free.clear();

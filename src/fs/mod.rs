@@ -6,10 +6,15 @@
 //! allocation inside them ([`alloc`]).
 
 pub mod alloc;
+mod data;
 pub mod dir;
+pub mod extmap;
+mod meta;
+mod namei;
 mod ops;
 pub mod txn;
 pub mod types;
+mod xattrs;
 
 pub use ops::{Fs, MountError};
 pub use types::*;

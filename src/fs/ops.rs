@@ -1,15 +1,32 @@
 //! The filesystem's operations ([`Fs`]): what the FUSE adapter, tests and
 //! `mkfs.biofs -d` call. Inode numbers are the on-disk ones; the root is 1,
 //! as FUSE's.
+//!
+//! `Fs` holds the metadata lock ([`Meta`]), the page cache and the
+//! writeback barrier (`docs/design.md`; lock order in [`super::data`]), and
+//! a flusher thread that writes back and commits every
+//! `commit_interval_secs`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use crossbeam_channel::{bounded, Sender};
+
+use super::data::{
+    allocate_unwritten, ioprio_of, lock, write_lock, DataCtx, PageCache, MAX_FILE_SIZE,
+};
+use super::extmap;
+use super::meta::{touch, Meta};
+use super::namei::{attr_of, SYMLINK_MODE};
 use super::types::*;
-
-/// A mounted biofs.
-pub struct Fs {
-    _private: (),
-}
+use crate::block::{BioSet, IoPrio};
+use crate::format::dev::{BioError, Dev, DevOptions};
+use crate::format::inode::{FileType, Timespec, S_IFDIR, S_IFMT, S_IFREG};
+use crate::format::superblock::Superblock;
+use crate::format::{BLOCK_SIZE_U64, NAME_MAX, ROOT_INO};
 
 /// Why a mount failed (with what to do about it, for the user).
 #[derive(Debug, thiserror::Error)]
@@ -18,53 +35,309 @@ pub enum MountError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Format(#[from] crate::format::error::FormatError),
+    #[error("{0}")]
+    Refused(String),
 }
 
-#[allow(unused_variables)]
+struct Core {
+    dev: Arc<Dev>,
+    bioset: BioSet,
+    meta: Mutex<Meta>,
+    barrier: RwLock<()>,
+    cache: PageCache,
+    /// One commit at a time.
+    commit_lock: Mutex<()>,
+    /// Ask for a commit soon (the running transaction is big).
+    want_commit: AtomicBool,
+    stopped: AtomicBool,
+}
+
+/// A mounted biofs.
+pub struct Fs {
+    core: Arc<Core>,
+    flusher: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    read_only: bool,
+}
+
+impl Core {
+    fn data(&self) -> DataCtx<'_> {
+        DataCtx {
+            dev: &self.dev,
+            bioset: &self.bioset,
+            meta: &self.meta,
+            barrier: &self.barrier,
+            cache: &self.cache,
+        }
+    }
+
+    /// Write back every dirty page, then commit the running transaction
+    /// (or, with nothing to commit, flush the device so that data written
+    /// in place is durable).
+    fn sync(&self, ioprio: IoPrio) -> FsResult<()> {
+        let _c = lock(&self.commit_lock);
+        let mut first_err = None;
+        for ino in self.cache.dirty_files() {
+            if let Err(e) = self.data().writeback(ino, ioprio) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let committed = {
+            let _b = write_lock(&self.barrier);
+            lock(&self.meta).commit()?
+        };
+        self.want_commit.store(false, Ordering::Relaxed);
+        if !committed && !self.dev.is_read_only() {
+            self.dev.flush().map_err(|e| {
+                log::error!("flush: {e}");
+                Errno::from_raw(BioError::errno_of(&e).unwrap_or(libc::EIO))
+            })?;
+        }
+        self.cache.shrink();
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// After a change: commit if the running transaction grew big, write
+    /// back if too much of the cache is dirty.
+    fn after_change(&self, ino: Option<u64>, pid: u32) {
+        if lock(&self.meta).txn_is_big() {
+            self.want_commit.store(true, Ordering::Relaxed);
+        }
+        if let Some(ino) = ino {
+            if self.cache.over_dirty_limit() {
+                if let Err(e) = self.data().writeback(ino, ioprio_of(pid)) {
+                    log::warn!("writeback of inode {ino}: {e}");
+                }
+                self.cache.shrink();
+            }
+        }
+        if self.want_commit.load(Ordering::Relaxed) {
+            if let Err(e) = self.sync(ioprio_of(pid)) {
+                log::error!("commit: {e}");
+            }
+        }
+    }
+
+    /// Free `ino` if nothing holds it any more (its pages first).
+    fn release_inode(&self, ino: u64) -> FsResult<()> {
+        let gone = {
+            let m = lock(&self.meta);
+            m.inodes
+                .get(&ino)
+                .is_some_and(|s| s.inode.nlink == 0 && s.lookups == 0 && s.opens == 0)
+        };
+        if gone {
+            let fc = self.cache.file(ino);
+            let _g = write_lock(&fc.rw);
+            self.cache.forget_file(ino);
+        }
+        lock(&self.meta).maybe_evict(ino)
+    }
+}
+
+/// Now, or the given time.
+fn time_of(t: TimeSet) -> Timespec {
+    match t {
+        TimeSet::Now => Timespec::now(),
+        TimeSet::At(t) => t,
+    }
+}
+
 impl Fs {
     /// Open the image or device at `path` and mount it: replay the journal,
-    /// free the orphans of an earlier crash, start the writeback thread.
+    /// free the orphans of an earlier crash, start the flusher thread.
     pub fn mount(path: &Path, opts: &MountOptions) -> Result<Fs, MountError> {
-        Err(MountError::Io(std::io::Error::other("not built yet")))
+        let dev = Dev::open(
+            path,
+            DevOptions {
+                read_only: opts.read_only,
+                verify: opts.verify_reads,
+                workers: opts.workers,
+            },
+        )
+        .map_err(|e| MountError::Refused(format!("{}: can't open: {e}", path.display())))?;
+        Fs::mount_dev(dev, opts)
+    }
+
+    /// Mount an opened device.
+    pub fn mount_dev(dev: Dev, opts: &MountOptions) -> Result<Fs, MountError> {
+        let raw = dev.read_block(0)?;
+        let sb = Superblock::decode(&raw, 0).map_err(|e| {
+            MountError::Refused(format!(
+                "not a biofs filesystem, or its superblock is damaged ({e}); fsck.biofs can restore it from the backup"
+            ))
+        })?;
+        if !opts.read_only && !sb.writable_features() {
+            return Err(MountError::Refused(
+                "the filesystem has features this biofs can't write; mount it read-only".into(),
+            ));
+        }
+        let dev = Arc::new(dev);
+        let mut meta = Meta::new(dev.clone(), sb, opts.read_only)?;
+        let root = meta.get(ROOT_INO).map_err(|e| {
+            MountError::Refused(format!(
+                "the root directory can't be read ({e}); run fsck.biofs"
+            ))
+        })?;
+        if root.file_type() != FileType::Directory {
+            return Err(MountError::Refused(
+                "the root inode is not a directory; run fsck.biofs".into(),
+            ));
+        }
+        if !opts.read_only {
+            let n = meta
+                .free_orphans()
+                .map_err(|e| MountError::Refused(format!("freeing orphans: {e}")))?;
+            if n > 0 {
+                log::info!("freed {n} unlinked inodes left open by the last mount");
+            }
+            meta.commit()
+                .map_err(|e| MountError::Refused(format!("first commit: {e}")))?;
+        }
+        let core = Arc::new(Core {
+            bioset: BioSet::new("biofs-fs", 1024, 64),
+            dev,
+            meta: Mutex::new(meta),
+            barrier: RwLock::new(()),
+            cache: PageCache::new(opts.cache_bytes),
+            commit_lock: Mutex::new(()),
+            want_commit: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        });
+        let flusher = if opts.read_only {
+            None
+        } else {
+            let (tx, rx) = bounded::<()>(1);
+            let c = core.clone();
+            let every = Duration::from_secs(opts.commit_interval_secs.max(1));
+            let h = std::thread::Builder::new()
+                .name("biofs-flush".into())
+                .spawn(move || loop {
+                    match rx.recv_timeout(every) {
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = c.sync(IoPrio::DEFAULT) {
+                                log::error!("periodic commit: {e}");
+                            }
+                        }
+                        _ => return,
+                    }
+                })?;
+            Some((tx, h))
+        };
+        Ok(Fs {
+            core,
+            flusher: Mutex::new(flusher),
+            read_only: opts.read_only,
+        })
     }
 
     /// Write everything back, checkpoint, mark the filesystem clean and stop
-    /// the engine. Later calls of any operation fail with EIO (or EROFS).
-    /// Idempotent.
+    /// the engine. Later changes fail with EROFS. Idempotent.
     pub fn shutdown(&self) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        if let Some((tx, h)) = lock(&self.flusher).take() {
+            drop(tx);
+            let _ = h.join();
+        }
+        if self.core.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let synced = if self.read_only {
+            Ok(())
+        } else {
+            self.core.sync(IoPrio::DEFAULT)
+        };
+        let closed = {
+            let _b = write_lock(&self.core.barrier);
+            lock(&self.core.meta).close()
+        };
+        let stopped = self.core.dev.queue().shutdown().map_err(|e| {
+            log::error!("stopping the engine: {e}");
+            Errno::EIO
+        });
+        synced.and(closed).and(stopped)
     }
 
     pub fn is_read_only(&self) -> bool {
-        false
+        self.read_only
     }
 
-    /// The engine's statistics (merges, request sizes, ...), as text.
+    /// The engine's statistics and the page cache's, as text.
     pub fn stats(&self) -> String {
-        String::new()
+        let s = self.core.dev.queue().stats();
+        let (cached, dirty, limit) = self.core.cache.stats();
+        format!(
+            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n",
+            (cached * 4096) >> 20,
+            (limit * 4096) >> 20
+        )
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        lock(&self.core.meta)
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
     }
 
     /// The entry `name` of directory `parent`; counts one lookup of it
     /// (released by [`Fs::forget`]).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        self.meta().lookup(parent, name)
     }
 
     /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {}
+    pub fn forget(&self, ino: u64, n: u64) {
+        {
+            let mut m = self.meta();
+            if let Some(st) = m.inodes.get_mut(&ino) {
+                st.lookups = st.lookups.saturating_sub(n);
+            }
+        }
+        if let Err(e) = self.core.release_inode(ino) {
+            log::error!("freeing inode {ino}: {e}");
+        }
+    }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        let mut m = self.meta();
+        Ok(attr_of(ino, m.get(ino)?))
     }
 
     /// chmod/chown/truncate/utimens. Permission checks are the kernel's
     /// (`default_permissions`); this applies the change.
     pub fn setattr(&self, ctx: &Ctx, ino: u64, set: &SetAttr) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        if let Some(size) = set.size {
+            self.core.data().truncate(ino, size, ctx.pid)?;
+        }
+        let mut m = self.meta();
+        let st = m.get_mut(ino)?;
+        let i = &mut st.inode;
+        if let Some(mode) = set.mode {
+            i.mode = (i.mode & S_IFMT) | (mode & 0o7777);
+        }
+        if let Some(uid) = set.uid {
+            i.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            i.gid = gid;
+        }
+        if let Some(t) = set.atime {
+            i.atime = time_of(t);
+        }
+        if let Some(t) = set.mtime {
+            i.mtime = time_of(t);
+        }
+        i.ctime = set.ctime.unwrap_or_else(Timespec::now);
+        Ok(attr_of(ino, i))
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        Err(Errno::ENOSYS)
+        self.meta().readlink(ino)
     }
 
     /// A new fifo, socket, device node or regular file (`mode` has the
@@ -77,34 +350,75 @@ impl Fs {
         mode: u32,
         rdev: u32,
     ) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        let ft = FileType::from_mode(mode).ok_or(Errno::EINVAL)?;
+        if matches!(ft, FileType::Directory | FileType::Symlink) {
+            return Err(Errno::EINVAL);
+        }
+        let a = self.meta().make(ctx, parent, name, mode, &mut |m, ino| {
+            if matches!(ft, FileType::CharDev | FileType::BlockDev) {
+                m.get_mut(ino)?.inode.rdev_or_parent = u64::from(rdev);
+            }
+            Ok(())
+        })?;
+        self.core.after_change(None, ctx.pid);
+        Ok(a)
     }
 
     pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        let mode = S_IFDIR | (mode & 0o7777);
+        let a = self
+            .meta()
+            .make(ctx, parent, name, mode, &mut |_, _| Ok(()))?;
+        self.core.after_change(None, ctx.pid);
+        Ok(a)
     }
 
     /// A new regular file, opened (release it with [`Fs::release`]);
     /// EEXIST if the name exists. Counts one lookup.
     pub fn create(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        let mode = S_IFREG | (mode & 0o7777);
+        let a = self.meta().make(ctx, parent, name, mode, &mut |m, ino| {
+            m.get_mut(ino)?.opens = 1;
+            Ok(())
+        })?;
+        self.core.after_change(None, ctx.pid);
+        Ok(a)
     }
 
     pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        let a = self
+            .meta()
+            .make(ctx, parent, name, SYMLINK_MODE, &mut |m, ino| {
+                m.set_symlink(ino, target)
+            })?;
+        self.core.after_change(None, ctx.pid);
+        Ok(a)
     }
 
     /// A new name for `ino` (not a directory); counts one lookup.
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        let a = self.meta().link(ino, parent, name)?;
+        self.core.after_change(None, 0);
+        Ok(a)
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        self.meta().unlink(parent, name)?;
+        self.core.after_change(None, 0);
+        Ok(())
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        self.meta().rmdir(parent, name)?;
+        self.core.after_change(None, 0);
+        Ok(())
     }
 
     pub fn rename(
@@ -115,67 +429,146 @@ impl Fs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        self.meta()
+            .rename(parent, name, newparent, newname, flags)?;
+        self.core.after_change(None, 0);
+        Ok(())
     }
 
     /// Open `ino` (`truncate`: O_TRUNC). An unlinked file stays until its
     /// last release.
     pub fn open(&self, ctx: &Ctx, ino: u64, truncate: bool) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        if truncate {
+            self.writable()?;
+            self.core.data().truncate(ino, 0, ctx.pid)?;
+        }
+        self.meta().load(ino)?.opens += 1;
+        Ok(())
     }
 
     pub fn release(&self, ino: u64) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        {
+            let mut m = self.meta();
+            let st = m.load(ino)?;
+            st.opens = st.opens.saturating_sub(1);
+        }
+        self.core.release_inode(ino)
     }
 
     /// Up to `size` bytes from `off` (fewer at the end of the file).
     pub fn read(&self, ctx: &Ctx, ino: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
-        Err(Errno::ENOSYS)
+        self.core.data().read(ino, off, size, ctx.pid)
     }
 
     /// Write `data` at `off` (at the end of the file if `append`); returns
     /// the bytes written.
     pub fn write(&self, ctx: &Ctx, ino: u64, off: u64, data: &[u8], append: bool) -> FsResult<u32> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        let n = self.core.data().write(ino, off, data, append, ctx.pid)?;
+        self.core.after_change(Some(ino), ctx.pid);
+        Ok(n)
     }
 
-    /// Make `ino`'s data (and, unless `datasync` and only times changed,
-    /// its metadata) durable.
+    /// Make `ino`'s data and metadata durable (the whole running
+    /// transaction commits: `datasync` changes nothing here).
     pub fn fsync(&self, ino: u64, datasync: bool) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        let _ = datasync;
+        if self.read_only {
+            return Ok(());
+        }
+        self.core.data().writeback(ino, IoPrio::DEFAULT)?;
+        self.core.sync(IoPrio::DEFAULT)
     }
 
     /// Make everything durable.
     pub fn syncfs(&self) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        if self.read_only {
+            return Ok(());
+        }
+        self.core.sync(IoPrio::DEFAULT)
     }
 
     /// Entries of directory `ino` after `cookie` (0: from the start,
     /// including "." and ".."), at most `max`.
     pub fn readdir(&self, ino: u64, cookie: u64, max: usize) -> FsResult<Vec<DirEntryOut>> {
-        Err(Errno::ENOSYS)
+        let mut m = self.meta();
+        let d = m.get(ino)?;
+        if d.file_type() != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let parent = if ino == ROOT_INO {
+            ROOT_INO
+        } else {
+            d.rdev_or_parent
+        };
+        let mut out = Vec::new();
+        if cookie == 0 && max > 0 {
+            out.push(DirEntryOut {
+                ino,
+                name: b".".to_vec(),
+                kind: FileType::Directory,
+                cookie: 1,
+            });
+        }
+        if cookie <= 1 && out.len() < max {
+            out.push(DirEntryOut {
+                ino: parent,
+                name: b"..".to_vec(),
+                kind: FileType::Directory,
+                cookie: 2,
+            });
+        }
+        if out.len() < max {
+            for e in m.dir_list(ino, cookie.max(2), max - out.len())? {
+                out.push(DirEntryOut {
+                    ino: e.ino,
+                    cookie: e.hash,
+                    name: e.name,
+                    kind: e.ftype,
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
-        Err(Errno::ENOSYS)
+        let mut m = self.meta();
+        let (bfree, ffree) = m.free_counts()?;
+        Ok(StatFs {
+            blocks: m.geo.data_blocks(),
+            bfree,
+            bavail: bfree,
+            files: m.geo.inodes_count(),
+            ffree,
+            bsize: BLOCK_SIZE_U64 as u32,
+            namelen: NAME_MAX as u32,
+            frsize: BLOCK_SIZE_U64 as u32,
+        })
     }
 
     /// `flags`: `libc::XATTR_CREATE` / `libc::XATTR_REPLACE` or 0.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        self.meta().setxattr(ino, name, value, flags)?;
+        self.core.after_change(None, 0);
+        Ok(())
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        Err(Errno::ENOSYS)
+        self.meta().getxattr(ino, name)
     }
 
     /// Names, each followed by a NUL, as `listxattr(2)`.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        Err(Errno::ENOSYS)
+        self.meta().listxattr(ino)
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        self.meta().removexattr(ino, name)?;
+        self.core.after_change(None, 0);
+        Ok(())
     }
 
     pub fn fallocate(
@@ -186,11 +579,84 @@ impl Fs {
         len: u64,
         mode: FallocMode,
     ) -> FsResult<()> {
-        Err(Errno::ENOSYS)
+        self.writable()?;
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = off.checked_add(len).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        {
+            let mut m = self.meta();
+            match m.get(ino)?.file_type() {
+                FileType::Regular => {}
+                FileType::Directory => return Err(Errno::EISDIR),
+                _ => return Err(Errno::ENODEV),
+            }
+        }
+        let data = self.core.data();
+        match mode {
+            FallocMode::Allocate | FallocMode::KeepSize => {
+                let fc = self.core.cache.file(ino);
+                let _g = write_lock(&fc.rw);
+                let mut m = self.meta();
+                allocate_unwritten(
+                    &mut m,
+                    ino,
+                    off / BLOCK_SIZE_U64,
+                    end.div_ceil(BLOCK_SIZE_U64),
+                )?;
+                let st = m.get_mut(ino)?;
+                if mode == FallocMode::Allocate && end > st.inode.size {
+                    st.inode.size = end;
+                }
+                touch(&mut st.inode, false);
+            }
+            FallocMode::PunchHole => data.zero_range(ino, off, len, false, ctx.pid)?,
+            FallocMode::ZeroRange { keep_size } => {
+                data.zero_range(ino, off, len, true, ctx.pid)?;
+                let mut m = self.meta();
+                let st = m.get_mut(ino)?;
+                if !keep_size && end > st.inode.size {
+                    st.inode.size = end;
+                }
+            }
+        }
+        self.core.after_change(None, ctx.pid);
+        Ok(())
     }
 
-    /// SEEK_DATA / SEEK_HOLE from `off`: ENXIO past the end.
+    /// SEEK_DATA / SEEK_HOLE from `off`: ENXIO at or past the end.
     pub fn lseek(&self, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
-        Err(Errno::ENOSYS)
+        // Dirty pages are data: give them blocks first.
+        if !self.read_only {
+            self.core.data().writeback(ino, IoPrio::DEFAULT)?;
+        }
+        let mut m = self.meta();
+        let st = m.load(ino)?;
+        let size = st.inode.size;
+        if off >= size {
+            return Err(Errno::ENXIO);
+        }
+        let l = off / BLOCK_SIZE_U64;
+        match whence {
+            SeekWhence::Data => match extmap::next_data(&st.map, l) {
+                Some(d) if d * BLOCK_SIZE_U64 < size => Ok((d * BLOCK_SIZE_U64).max(off)),
+                _ => Err(Errno::ENXIO),
+            },
+            SeekWhence::Hole => {
+                let h = extmap::next_hole(&st.map, l);
+                Ok((h * BLOCK_SIZE_U64).max(off).min(size))
+            }
+        }
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::error!("unmount: {e}");
+        }
     }
 }

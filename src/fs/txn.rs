@@ -114,6 +114,9 @@ pub struct Journaled {
     committed: BTreeMap<u64, Vec<u8>>,
     /// Log blocks in use since the last checkpoint.
     log_used: u64,
+    /// Opened read-only: nothing is ever written.
+    read_only: bool,
+    closed: bool,
 }
 
 impl Journaled {
@@ -139,6 +142,29 @@ impl Journaled {
             sb,
             committed: BTreeMap::new(),
             log_used: 0,
+            read_only: false,
+            closed: false,
+        })
+    }
+
+    /// Open without writing anything: fails if the log holds transactions
+    /// to replay (a read-only mount can't recover).
+    pub fn open_read_only(dev: Arc<Dev>, sb: Superblock) -> Result<Journaled> {
+        let journal = Journal::open(&dev, &sb)?;
+        if journal.needs_recovery() || sb.incompat & INCOMPAT_RECOVER != 0 {
+            return Err(FormatError::invalid(
+                "journal",
+                "the filesystem needs recovery: mount it read-write once, or run fsck.biofs",
+            ));
+        }
+        Ok(Journaled {
+            dev,
+            journal,
+            sb,
+            committed: BTreeMap::new(),
+            log_used: 0,
+            read_only: true,
+            closed: false,
         })
     }
 
@@ -180,6 +206,12 @@ impl Journaled {
         if txn.is_empty() {
             return Ok(());
         }
+        if self.read_only || self.closed {
+            return Err(FormatError::invalid(
+                "transaction",
+                "the journal is not writable",
+            ));
+        }
         let need = txn.log_blocks();
         let room = self.sb.journal_blocks.saturating_sub(1);
         if need >= room {
@@ -209,7 +241,10 @@ impl Journaled {
 
     /// Write every committed image home, flush, and empty the log.
     pub fn checkpoint(&mut self) -> Result<()> {
-        if self.committed.is_empty() && !self.journal.needs_recovery() {
+        if self.read_only
+            || self.closed
+            || (self.committed.is_empty() && !self.journal.needs_recovery())
+        {
             return Ok(());
         }
         for (b, data) in &self.committed {
@@ -225,8 +260,13 @@ impl Journaled {
     }
 
     /// Checkpoint, then mark the filesystem clean with no recovery needed.
-    pub fn close(mut self) -> Result<()> {
+    /// Nothing is written after (or by a read-only open).
+    pub fn close(&mut self) -> Result<()> {
+        if self.read_only || self.closed {
+            return Ok(());
+        }
         self.checkpoint()?;
+        self.closed = true;
         let raw = self.read(0)?;
         let mut sb = Superblock::decode(&raw, 0)?;
         sb.incompat &= !INCOMPAT_RECOVER;

@@ -41,6 +41,7 @@ pub fn open_rw(img: &Path) -> Dev {
         DevOptions {
             read_only: false,
             verify: true,
+            workers: 0,
         },
     )
     .expect("open image")
@@ -228,6 +229,7 @@ pub fn dev_on(b: std::sync::Arc<dyn biofs::block::backend::BlockBackend>) -> Dev
         DevOptions {
             read_only: false,
             verify: true,
+            workers: 0,
         },
     )
     .expect("open the device")

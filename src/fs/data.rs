@@ -1,0 +1,781 @@
+//! The data path: a page cache per file with a global size limit,
+//! mpage-style reads with readahead, and writeback with delayed
+//! allocation through the bio engine.
+//!
+//! - **Reads** fill the missing pages of a request and its readahead
+//!   window: holes and unwritten extents become zero pages without I/O;
+//!   mapped pages go to the device through one [`BioBuilder`], page by page
+//!   (`bio_add_page`), so pages on contiguous blocks share bios, split and
+//!   merged by the engine. A sequential reader's window doubles from 128 KiB
+//!   to 4 MiB.
+//! - **Writes** land in the cache as dirty pages. **Writeback** walks a
+//!   file's dirty pages in order, maps or allocates their blocks at that
+//!   moment (delayed allocation: one call asks for the whole run), and
+//!   writes them through a plugged `BioBuilder` whose parent completes when
+//!   every chained piece has. Pages re-dirtied meanwhile stay dirty.
+//!
+//! Locks, always taken in this order: a file's `rw` (shared by reads,
+//! writes and writeback; exclusive for truncate, hole punching and page
+//! eviction), the writeback barrier (shared by writeback from mapping to
+//! completion; exclusive for a commit, so no commit sees an extent whose
+//! data is not written yet), then the metadata lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crossbeam_channel::bounded;
+
+use super::extmap::{self, Mapping};
+use super::meta::{touch, Meta};
+use super::types::{Errno, FsResult};
+use crate::block::ioc::IocRegistry;
+use crate::block::{
+    Bio, BioBuilder, BioSet, BlkStatus, Gfp, IoPrio, Page, Plug, ReqFlags, ReqOp, Sector,
+    BIO_MAX_VECS,
+};
+use crate::format::dev::Dev;
+use crate::format::extent::Extent;
+use crate::format::inode::FileType;
+use crate::format::{BLOCK_SIZE, BLOCK_SIZE_U64, MAX_FILE_BLOCKS};
+
+/// Sectors per block.
+const BLOCK_SECTORS: u64 = BLOCK_SIZE_U64 >> crate::block::SECTOR_SHIFT;
+/// Readahead window bounds, in pages.
+const RA_MIN: u64 = 32;
+const RA_MAX: u64 = 1024;
+/// Pages per read bio (the engine splits to the queue's limits).
+const BIO_VECS: usize = BIO_MAX_VECS;
+/// Largest file, in bytes.
+pub const MAX_FILE_SIZE: u64 = MAX_FILE_BLOCKS * BLOCK_SIZE_U64;
+
+/// A cached page of a file.
+struct CachedPage {
+    page: Page,
+    dirty: bool,
+    /// Bumped by every write, so writeback cleans only what it wrote.
+    gen: u64,
+}
+
+/// One file's cache.
+pub struct FileCache {
+    pub rw: RwLock<()>,
+    pages: Mutex<BTreeMap<u64, CachedPage>>,
+    /// Readahead: the page a sequential reader reads next, and the window.
+    ra: Mutex<(u64, u64)>,
+}
+
+/// The page cache of a mount.
+pub struct PageCache {
+    files: Mutex<HashMap<u64, Arc<FileCache>>>,
+    cached: AtomicUsize,
+    dirty: AtomicUsize,
+    limit: usize,
+}
+
+/// The shared state the data path needs.
+pub struct DataCtx<'a> {
+    pub dev: &'a Dev,
+    pub bioset: &'a BioSet,
+    pub meta: &'a Mutex<Meta>,
+    pub barrier: &'a RwLock<()>,
+    pub cache: &'a PageCache,
+}
+
+/// The I/O priority of process `pid` (its io_context), default for 0.
+pub fn ioprio_of(pid: u32) -> IoPrio {
+    if pid == 0 {
+        return IoPrio::DEFAULT;
+    }
+    IocRegistry::global().for_task(pid as i32).ioprio()
+}
+
+/// Lock a mutex, surviving a poisoned one (a panicked holder left the
+/// data as it was; the filesystem reports errors rather than dying).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PageCache {
+    pub fn new(limit_bytes: u64) -> PageCache {
+        PageCache {
+            files: Mutex::new(HashMap::new()),
+            cached: AtomicUsize::new(0),
+            dirty: AtomicUsize::new(0),
+            limit: (limit_bytes / BLOCK_SIZE_U64).max(256) as usize,
+        }
+    }
+
+    /// The cache of file `ino` (made if absent).
+    pub fn file(&self, ino: u64) -> Arc<FileCache> {
+        lock(&self.files)
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(FileCache {
+                    rw: RwLock::new(()),
+                    pages: Mutex::new(BTreeMap::new()),
+                    ra: Mutex::new((0, RA_MIN)),
+                })
+            })
+            .clone()
+    }
+
+    fn existing(&self, ino: u64) -> Option<Arc<FileCache>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    /// Files with dirty pages.
+    pub fn dirty_files(&self) -> Vec<u64> {
+        let files: Vec<(u64, Arc<FileCache>)> = lock(&self.files)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        files
+            .into_iter()
+            .filter(|(_, f)| lock(&f.pages).values().any(|p| p.dirty))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Drop file `ino`'s cache (its inode is gone).
+    pub fn forget_file(&self, ino: u64) {
+        if let Some(fc) = lock(&self.files).remove(&ino) {
+            let pages = std::mem::take(&mut *lock(&fc.pages));
+            let dirty = pages.values().filter(|p| p.dirty).count();
+            self.cached.fetch_sub(pages.len(), Ordering::Relaxed);
+            self.dirty.fetch_sub(dirty, Ordering::Relaxed);
+        }
+    }
+
+    pub fn over_dirty_limit(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed) > self.limit / 2
+    }
+
+    /// Evict clean pages until the cache is under its limit (files busy
+    /// right now are skipped).
+    pub fn shrink(&self) {
+        if self.cached.load(Ordering::Relaxed) <= self.limit {
+            return;
+        }
+        let target = self.limit * 3 / 4;
+        let files: Vec<(u64, Arc<FileCache>)> = lock(&self.files)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (_, fc) in files {
+            if self.cached.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let Ok(_g) = fc.rw.try_write() else {
+                continue;
+            };
+            let mut pages = lock(&fc.pages);
+            let before = pages.len();
+            pages.retain(|_, p| p.dirty);
+            self.cached
+                .fetch_sub(before - pages.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Drop pages from `first` on, and zero `[from, to)` bytes inside page
+    /// `partial` if cached (truncate and hole punching; the caller holds
+    /// the file's `rw` exclusively).
+    fn drop_range(&self, fc: &FileCache, first: u64, end: u64) {
+        let mut pages = lock(&fc.pages);
+        let gone: Vec<u64> = pages.range(first..end).map(|(k, _)| *k).collect();
+        for k in gone {
+            if let Some(p) = pages.remove(&k) {
+                self.cached.fetch_sub(1, Ordering::Relaxed);
+                if p.dirty {
+                    self.dirty.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> (usize, usize, usize) {
+        (
+            self.cached.load(Ordering::Relaxed),
+            self.dirty.load(Ordering::Relaxed),
+            self.limit,
+        )
+    }
+}
+
+/// Write `pages` to their blocks through one [`BioBuilder`] (chained
+/// bios under a plug) and wait: the status and the first bad sector.
+fn write_pages(
+    ctx: &DataCtx<'_>,
+    ioprio: IoPrio,
+    pages: &[(u64, Page)],
+) -> (BlkStatus, Option<Sector>) {
+    if pages.is_empty() {
+        return (BlkStatus::Ok, None);
+    }
+    let (tx, rx) = bounded(1);
+    let mut b = BioBuilder::new(
+        ctx.dev.queue(),
+        ctx.bioset,
+        ReqOp::Write,
+        ReqFlags::NONE,
+        ioprio,
+        move |bio| {
+            let _ = tx.send((bio.status(), bio.error_sector()));
+        },
+    );
+    for (physical, page) in pages {
+        b.add_page(
+            Sector(physical * BLOCK_SECTORS),
+            page.clone(),
+            BLOCK_SIZE as u32,
+            0,
+        );
+    }
+    b.finish();
+    rx.recv().unwrap_or((BlkStatus::IoErr, None))
+}
+
+/// Read blocks `blocks` (in file order) into new pages, mpage-style:
+/// consecutive blocks share a bio built page by page; a block that does
+/// not continue the bio submits it and starts the next. All bios go out
+/// under one plug. Returns the pages read (by index into `blocks`) and the
+/// indexes that failed with their status.
+#[allow(clippy::type_complexity)]
+fn read_pages(
+    ctx: &DataCtx<'_>,
+    ioprio: IoPrio,
+    blocks: &[u64],
+) -> (Vec<(usize, Page)>, Vec<(usize, BlkStatus)>) {
+    let (tx, rx) = crossbeam_channel::unbounded::<(usize, Bio)>();
+    let mut submitted = 0usize;
+    {
+        let _plug = Plug::new();
+        let mut cur: Option<(usize, Bio)> = None;
+        let submit = |(first, mut bio): (usize, Bio)| {
+            let tx = tx.clone();
+            bio.set_ioprio(ioprio);
+            bio.set_end_io(move |bio| {
+                let _ = tx.send((first, bio));
+            });
+            ctx.dev.queue().submit_bio(bio);
+        };
+        for (k, &b) in blocks.iter().enumerate() {
+            let sector = Sector(b * BLOCK_SECTORS);
+            if let Some((_, bio)) = cur.as_mut() {
+                if bio.end_sector() == sector
+                    && bio.add_page(Page::new(), BLOCK_SIZE as u32, 0) == BLOCK_SIZE as u32
+                {
+                    continue;
+                }
+            }
+            if let Some(done) = cur.take() {
+                submit(done);
+                submitted += 1;
+            }
+            let mut bio = match ctx.bioset.alloc(ReqOp::Read, sector, BIO_VECS, Gfp::NoWait) {
+                Some(bio) => bio,
+                None => {
+                    // Let our own bios reach the device so one can be freed.
+                    crate::block::plug::flush_current();
+                    ctx.bioset
+                        .alloc(ReqOp::Read, sector, BIO_VECS, Gfp::Wait)
+                        .unwrap_or_else(|| Bio::new(ReqOp::Read, sector, BIO_VECS))
+                }
+            };
+            bio.add_page(Page::new(), BLOCK_SIZE as u32, 0);
+            cur = Some((k, bio));
+        }
+        if let Some(done) = cur.take() {
+            submit(done);
+            submitted += 1;
+        }
+    }
+    let mut got = Vec::with_capacity(blocks.len());
+    let mut failed = Vec::new();
+    for _ in 0..submitted {
+        let Ok((first, mut bio)) = rx.recv() else {
+            break;
+        };
+        let status = bio.status();
+        let n = bio.vcnt();
+        if status.is_ok() {
+            for (j, seg) in bio.take_segments().into_iter().enumerate() {
+                got.push((first + j, seg.page));
+            }
+        } else {
+            failed.extend((first..first + n).map(|k| (k, status)));
+        }
+    }
+    (got, failed)
+}
+
+impl DataCtx<'_> {
+    /// Make pages `[first, last]` of `ino` present in the cache, reading
+    /// `[first, ra_last]` in one batch (readahead). The caller holds the
+    /// file's `rw`. A failed read of a requested page is EIO, logged with
+    /// the file and offset; failed readahead pages are just not cached.
+    pub fn fill(
+        &self,
+        fc: &FileCache,
+        ino: u64,
+        first: u64,
+        last: u64,
+        ra_last: u64,
+        ioprio: IoPrio,
+    ) -> FsResult<()> {
+        let missing: Vec<u64> = {
+            let pages = lock(&fc.pages);
+            (first..=ra_last.max(last))
+                .filter(|i| !pages.contains_key(i))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut zero = Vec::new();
+        let mut reads: Vec<u64> = Vec::new();
+        let mut idx = Vec::new();
+        {
+            let mut m = lock(self.meta);
+            let st = m.load(ino)?;
+            for &i in &missing {
+                match extmap::lookup(&st.map, i) {
+                    Mapping::Mapped {
+                        physical,
+                        unwritten: false,
+                        ..
+                    } => {
+                        reads.push(physical);
+                        idx.push(i);
+                    }
+                    _ => zero.push(i),
+                }
+            }
+        }
+        let (got, failed) = read_pages(self, ioprio, &reads);
+        let mut result = Ok(());
+        let mut loaded: Vec<(u64, Page)> = zero.into_iter().map(|i| (i, Page::new())).collect();
+        for (k, page) in got {
+            loaded.push((idx[k], page));
+        }
+        if let Some((k, status)) = failed
+            .into_iter()
+            .find(|(k, _)| (first..=last).contains(&idx[*k]))
+        {
+            log::error!(
+                "inode {ino}, offset {}: read failed: {}",
+                idx[k] * BLOCK_SIZE_U64,
+                if status == BlkStatus::Protection {
+                    "the data does not match its integrity checksum".to_string()
+                } else {
+                    format!("{status}")
+                }
+            );
+            result = Err(Errno::EIO);
+        }
+        let mut pages = lock(&fc.pages);
+        for (i, page) in loaded {
+            if let std::collections::btree_map::Entry::Vacant(v) = pages.entry(i) {
+                v.insert(CachedPage {
+                    page,
+                    dirty: false,
+                    gen: 0,
+                });
+                self.cache.cached.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Read up to `size` bytes of `ino` at `off`.
+    pub fn read(&self, ino: u64, off: u64, size: u32, pid: u32) -> FsResult<Vec<u8>> {
+        let fc = self.cache.file(ino);
+        let _g = read_lock(&fc.rw);
+        let fsize = {
+            let mut m = lock(self.meta);
+            let i = m.get(ino)?;
+            match i.file_type() {
+                FileType::Regular => i.size,
+                FileType::Directory => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
+        };
+        if off >= fsize || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (off + u64::from(size)).min(fsize);
+        let first = off / BLOCK_SIZE_U64;
+        let last = (end - 1) / BLOCK_SIZE_U64;
+        let ra_last = {
+            let mut ra = lock(&fc.ra);
+            let window = if first == ra.0 && first != 0 {
+                (ra.1 * 2).min(RA_MAX)
+            } else if first == 0 {
+                ra.1.max(RA_MIN)
+            } else {
+                RA_MIN
+            };
+            *ra = (last + 1, window);
+            (last + window).min((fsize - 1) / BLOCK_SIZE_U64)
+        };
+        self.fill(&fc, ino, first, last, ra_last, ioprio_of(pid))?;
+        let pages = lock(&fc.pages);
+        let mut out = Vec::with_capacity((end - off) as usize);
+        for i in first..=last {
+            let p = pages.get(&i).ok_or(Errno::EIO)?;
+            let lo = if i == first {
+                (off % BLOCK_SIZE_U64) as usize
+            } else {
+                0
+            };
+            let hi = if i == last {
+                (end - i * BLOCK_SIZE_U64) as usize
+            } else {
+                BLOCK_SIZE
+            };
+            out.extend_from_slice(&p.page.as_slice()[lo..hi]);
+        }
+        Ok(out)
+    }
+
+    /// Write `data` at `off` of `ino` into the cache (`append`: at the
+    /// end). Returns the bytes written.
+    pub fn write(&self, ino: u64, off: u64, data: &[u8], append: bool, pid: u32) -> FsResult<u32> {
+        let fc = self.cache.file(ino);
+        let _g = read_lock(&fc.rw);
+        let (off, old_size) = {
+            let mut m = lock(self.meta);
+            m.check_writable()?;
+            let i = m.get(ino)?;
+            match i.file_type() {
+                FileType::Regular => {}
+                FileType::Directory => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
+            (if append { i.size } else { off }, i.size)
+        };
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if off >= MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let len = (data.len() as u64).min(MAX_FILE_SIZE - off) as usize;
+        let data = &data[..len];
+        let end = off + len as u64;
+        let first = off / BLOCK_SIZE_U64;
+        let last = (end - 1) / BLOCK_SIZE_U64;
+        // Partial pages inside the old size need their old contents.
+        for i in [first, last] {
+            let start = i * BLOCK_SIZE_U64;
+            let whole = off <= start && end >= start + BLOCK_SIZE_U64;
+            if !whole && start < old_size {
+                self.fill(&fc, ino, i, i, i, ioprio_of(pid))?;
+            }
+        }
+        {
+            let mut pages = lock(&fc.pages);
+            for i in first..=last {
+                let start = i * BLOCK_SIZE_U64;
+                let lo = off.max(start);
+                let hi = end.min(start + BLOCK_SIZE_U64);
+                let cp = pages.entry(i).or_insert_with(|| {
+                    self.cache.cached.fetch_add(1, Ordering::Relaxed);
+                    CachedPage {
+                        page: Page::new(),
+                        dirty: false,
+                        gen: 0,
+                    }
+                });
+                let buf = cp.page.make_mut();
+                buf[(lo - start) as usize..(hi - start) as usize]
+                    .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
+                if !cp.dirty {
+                    cp.dirty = true;
+                    self.cache.dirty.fetch_add(1, Ordering::Relaxed);
+                }
+                cp.gen += 1;
+            }
+        }
+        {
+            let mut m = lock(self.meta);
+            let st = m.get_mut(ino)?;
+            if end > st.inode.size {
+                st.inode.size = end;
+            }
+            touch(&mut st.inode, true);
+        }
+        Ok(len as u32)
+    }
+
+    /// Write back `ino`'s dirty pages: map or allocate their blocks (one
+    /// allocation per run of pages), write them, mark unwritten extents
+    /// written, and clean the pages not re-dirtied meanwhile.
+    pub fn writeback(&self, ino: u64, ioprio: IoPrio) -> FsResult<()> {
+        let Some(fc) = self.cache.existing(ino) else {
+            return Ok(());
+        };
+        let _g = read_lock(&fc.rw);
+        let _b = read_lock(self.barrier);
+        let dirty: Vec<(u64, Page, u64)> = lock(&fc.pages)
+            .iter()
+            .filter(|(_, p)| p.dirty)
+            .map(|(i, p)| (*i, p.page.clone(), p.gen))
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let (plan, new, converts, err) = self.map_for_writeback(ino, &dirty)?;
+        let io: Vec<(u64, Page)> = plan.iter().map(|(_, p, pg, _)| (*p, pg.clone())).collect();
+        let (status, _) = write_pages(self, ioprio, &io);
+        let mut m = lock(self.meta);
+        if !status.is_ok() {
+            // Nothing may point at blocks whose data did not land.
+            log::error!("inode {ino}: writeback failed: {status}");
+            for e in new {
+                if let Ok(st) = m.get_mut(ino) {
+                    extmap::remove(&mut st.map, e.logical, e.logical_end());
+                    st.inode.blocks = st.inode.blocks.saturating_sub(u64::from(e.len));
+                }
+                m.map_changed(ino);
+                m.free_blocks(e.physical, e.len, false)?;
+            }
+            return Err(Errno::EIO);
+        }
+        if !converts.is_empty() {
+            if let Ok(st) = m.get_mut(ino) {
+                for (a, b) in &converts {
+                    extmap::mark_written(&mut st.map, *a, *b);
+                }
+            }
+            m.map_changed(ino);
+        }
+        drop(m);
+        let mut pages = lock(&fc.pages);
+        for (i, _, _, gen) in &plan {
+            if let Some(p) = pages.get_mut(i) {
+                if p.gen == *gen && p.dirty {
+                    p.dirty = false;
+                    self.cache.dirty.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Blocks for the dirty pages: `(page, block, page data, gen)` for the
+    /// pages that got one, the extents allocated, the unwritten ranges to
+    /// convert, and the error that stopped allocation early (ENOSPC).
+    #[allow(clippy::type_complexity)]
+    fn map_for_writeback(
+        &self,
+        ino: u64,
+        dirty: &[(u64, Page, u64)],
+    ) -> FsResult<(
+        Vec<(u64, u64, Page, u64)>,
+        Vec<Extent>,
+        Vec<(u64, u64)>,
+        Option<Errno>,
+    )> {
+        let mut m = lock(self.meta);
+        m.check_writable()?;
+        let size = m.get(ino)?.size;
+        let mut plan = Vec::with_capacity(dirty.len());
+        let mut new = Vec::new();
+        let mut converts = Vec::new();
+        let mut k = 0;
+        while k < dirty.len() {
+            // A run of consecutive dirty pages.
+            let mut r = k + 1;
+            while r < dirty.len() && dirty[r].0 == dirty[r - 1].0 + 1 {
+                r += 1;
+            }
+            let mut l = dirty[k].0;
+            let run_end = dirty[r - 1].0 + 1;
+            while l < run_end {
+                if l * BLOCK_SIZE_U64 >= size {
+                    // Pages past the end (a racing truncate) are not written.
+                    break;
+                }
+                let (mapping, goal) = map_and_goal(&mut m, ino, l)?;
+                let (physical, n) = match mapping {
+                    Mapping::Mapped {
+                        physical,
+                        len,
+                        unwritten,
+                    } => {
+                        let n = len.min(run_end - l);
+                        if unwritten {
+                            converts.push((l, l + n));
+                        }
+                        (physical, n)
+                    }
+                    Mapping::Hole { len } => {
+                        let want = len.min(run_end - l).min(u64::from(u32::MAX)) as u32;
+                        let (p, got) = match m.alloc_blocks(goal, want) {
+                            Ok(x) => x,
+                            Err(e) => return Ok((plan, new, converts, Some(e))),
+                        };
+                        let e = Extent {
+                            logical: l,
+                            physical: p,
+                            len: got,
+                            unwritten: false,
+                        };
+                        let st = m.get_mut(ino)?;
+                        extmap::insert(&mut st.map, e);
+                        st.inode.blocks += u64::from(got);
+                        m.map_changed(ino);
+                        new.push(e);
+                        (p, u64::from(got))
+                    }
+                };
+                for j in 0..n {
+                    let d = &dirty[k + (l + j - dirty[k].0) as usize];
+                    plan.push((d.0, physical + j, d.1.clone(), d.2));
+                }
+                l += n;
+            }
+            k = r;
+        }
+        Ok((plan, new, converts, None))
+    }
+
+    /// Truncate `ino` to `size` bytes (the caller holds nothing).
+    pub fn truncate(&self, ino: u64, size: u64, pid: u32) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let fc = self.cache.file(ino);
+        let _g = write_lock(&fc.rw);
+        let old = {
+            let mut m = lock(self.meta);
+            m.check_writable()?;
+            let i = m.get(ino)?;
+            match i.file_type() {
+                FileType::Regular => i.size,
+                FileType::Directory => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
+        };
+        if size < old {
+            self.zero_partial(&fc, ino, size, size.next_multiple_of(BLOCK_SIZE_U64), pid)?;
+            let keep = size.div_ceil(BLOCK_SIZE_U64);
+            self.cache.drop_range(&fc, keep, u64::MAX);
+            lock(self.meta).punch(ino, keep, u64::MAX)?;
+        }
+        let mut m = lock(self.meta);
+        let st = m.get_mut(ino)?;
+        st.inode.size = size;
+        touch(&mut st.inode, true);
+        Ok(())
+    }
+
+    /// Zero bytes `[from, to)` of the page holding `from` (within one
+    /// page), loading it if it holds data.
+    fn zero_partial(&self, fc: &FileCache, ino: u64, from: u64, to: u64, pid: u32) -> FsResult<()> {
+        if from % BLOCK_SIZE_U64 == 0 || to <= from {
+            return Ok(());
+        }
+        let i = from / BLOCK_SIZE_U64;
+        self.fill(fc, ino, i, i, i, ioprio_of(pid))?;
+        let mut pages = lock(&fc.pages);
+        if let Some(cp) = pages.get_mut(&i) {
+            let start = i * BLOCK_SIZE_U64;
+            let hi = to.min(start + BLOCK_SIZE_U64);
+            cp.page.make_mut()[(from - start) as usize..(hi - start) as usize].fill(0);
+            if !cp.dirty {
+                cp.dirty = true;
+                self.cache.dirty.fetch_add(1, Ordering::Relaxed);
+            }
+            cp.gen += 1;
+        }
+        Ok(())
+    }
+
+    /// Make `[off, off+len)` read as zeros: partial pages zeroed in the
+    /// cache, whole blocks unmapped (and, if `keep_allocated`, allocated
+    /// again as unwritten).
+    pub fn zero_range(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_allocated: bool,
+        pid: u32,
+    ) -> FsResult<()> {
+        let fc = self.cache.file(ino);
+        let _g = write_lock(&fc.rw);
+        let size = lock(self.meta).get(ino)?.size;
+        let end = off.saturating_add(len).min(size.max(off));
+        let first_full = off.div_ceil(BLOCK_SIZE_U64);
+        let end_full = end / BLOCK_SIZE_U64;
+        if first_full > end_full {
+            // Inside one page.
+            return self.zero_partial(&fc, ino, off, end, pid);
+        }
+        self.zero_partial(&fc, ino, off, first_full * BLOCK_SIZE_U64, pid)?;
+        if end % BLOCK_SIZE_U64 != 0 {
+            self.zero_partial(&fc, ino, end_full * BLOCK_SIZE_U64, end, pid)?;
+        }
+        self.cache.drop_range(&fc, first_full, end_full);
+        let mut m = lock(self.meta);
+        m.punch(ino, first_full, end_full)?;
+        if keep_allocated {
+            allocate_unwritten(&mut m, ino, first_full, end_full)?;
+        }
+        touch(&mut m.get_mut(ino)?.inode, true);
+        Ok(())
+    }
+}
+
+/// The mapping of logical block `l` of `ino`, and where to look for
+/// blocks if it is a hole: after the extent before it, else the start of
+/// the inode's group.
+fn map_and_goal(m: &mut Meta, ino: u64, l: u64) -> FsResult<(Mapping, u64)> {
+    let fallback = m.geo.group_start(m.geo.ino_group(ino).0);
+    let st = m.load(ino)?;
+    let i = st.map.partition_point(|e| e.logical < l);
+    let goal = match i.checked_sub(1).and_then(|k| st.map.get(k)) {
+        Some(e) => e.physical_end() + l.saturating_sub(e.logical_end()),
+        None => fallback,
+    };
+    Ok((extmap::lookup(&st.map, l), goal))
+}
+
+/// Allocate unwritten extents over the holes of `[from, to)` (blocks).
+pub fn allocate_unwritten(m: &mut Meta, ino: u64, from: u64, to: u64) -> FsResult<()> {
+    let mut l = from;
+    while l < to {
+        let (mapping, goal) = map_and_goal(m, ino, l)?;
+        match mapping {
+            Mapping::Mapped { len, .. } => l += len.min(to - l),
+            Mapping::Hole { len } => {
+                let want = len.min(to - l).min(u64::from(u32::MAX)) as u32;
+                let (p, got) = m.alloc_blocks(goal, want)?;
+                let st = m.get_mut(ino)?;
+                extmap::insert(
+                    &mut st.map,
+                    Extent {
+                        logical: l,
+                        physical: p,
+                        len: got,
+                        unwritten: true,
+                    },
+                );
+                st.inode.blocks += u64::from(got);
+                m.map_changed(ino);
+                l += u64::from(got);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,524 @@
+//! The metadata side of a mounted filesystem: the buffer cache in front of
+//! the journal, the running transaction, the inode cache (decoded inodes
+//! with their whole extent maps) and the orphan list. One `Meta` lives
+//! under the filesystem's metadata lock; everything here runs with it held.
+//!
+//! Changes go into the running transaction as new block images
+//! ([`MetaIo`]); inodes are encoded into their inode-table blocks, and
+//! their extent trees rebuilt from the in-memory maps, when the transaction
+//! commits ([`Meta::commit`]). The caller writes back the data those maps
+//! point to before it commits (ordered data, docs/format.md rule 1).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::alloc::Allocator;
+use super::extmap;
+use super::txn::{Journaled, MetaIo, Txn};
+use super::types::{Errno, FsResult};
+use crate::format::dev::{BioError, Dev};
+use crate::format::error::{FormatError, Result};
+use crate::format::extent::{build_tree, read_tree, Extent};
+use crate::format::geometry::Geometry;
+use crate::format::inode::{FileType, Inode, InodeData, Timespec};
+use crate::format::superblock::Superblock;
+use crate::format::INODE_SIZE;
+
+/// Clean metadata blocks kept in memory (16 MiB).
+const CACHE_BLOCKS: usize = 4096;
+
+/// Most links to one inode (ext4's `EXT4_LINK_MAX`).
+pub const LINK_MAX: u32 = 65000;
+
+/// An inode in memory.
+pub struct InodeState {
+    pub inode: Inode,
+    /// Every extent of its tree, sorted.
+    pub map: Vec<Extent>,
+    /// The tree's node blocks on disk.
+    tree: Vec<u64>,
+    /// `map` changed since the tree was written.
+    tree_dirty: bool,
+    /// FUSE lookups not yet forgotten.
+    pub lookups: u64,
+    /// Open file handles.
+    pub opens: u32,
+}
+
+/// The buffer cache: the running transaction's images, then the
+/// journal's committed ones, then clean blocks read from the device.
+pub struct Buffers {
+    pub j: Journaled,
+    pub txn: Txn,
+    cache: HashMap<u64, Vec<u8>>,
+}
+
+/// Metadata state of a mount.
+pub struct Meta {
+    pub bufs: Buffers,
+    pub alloc: Allocator,
+    pub geo: Geometry,
+    pub seed: u32,
+    pub hash_seed: u64,
+    /// The superblock as it will be committed (orphan list head).
+    pub sb: Superblock,
+    sb_dirty: bool,
+    pub inodes: HashMap<u64, InodeState>,
+    dirty: BTreeSet<u64>,
+    /// Set after a failed commit: no more changes (as ext4's
+    /// errors=remount-ro).
+    pub failed: bool,
+    pub read_only: bool,
+}
+
+/// The errno for a format-level error: corruption is EUCLEAN (the
+/// kernel's EFSCORRUPTED), an I/O error keeps its errno.
+pub fn errno(e: &FormatError) -> Errno {
+    match e {
+        FormatError::Io { source, .. } => {
+            Errno::from_raw(BioError::errno_of(source).unwrap_or(libc::EIO))
+        }
+        FormatError::Invalid { detail, .. }
+            if detail.starts_with("no space") || detail.starts_with("no free inode") =>
+        {
+            Errno::ENOSPC
+        }
+        _ if e.is_corruption() => Errno::EUCLEAN,
+        _ => Errno::EIO,
+    }
+}
+
+/// Log a format error and turn it into an errno.
+pub fn fail(what: &str, e: FormatError) -> Errno {
+    let n = errno(&e);
+    if n == Errno::ENOSPC {
+        log::debug!("{what}: {e}");
+    } else {
+        log::error!("{what}: {e}");
+    }
+    n
+}
+
+impl MetaIo for Buffers {
+    fn read_meta(&mut self, b: u64) -> Result<Vec<u8>> {
+        if let Some(img) = self.txn.image(b) {
+            return Ok(img.to_vec());
+        }
+        if let Some(img) = self.j.committed_image(b) {
+            return Ok(img.to_vec());
+        }
+        if let Some(img) = self.cache.get(&b) {
+            return Ok(img.clone());
+        }
+        let raw = self.j.read(b)?;
+        if self.cache.len() >= CACHE_BLOCKS {
+            let drop: Vec<u64> = self.cache.keys().take(CACHE_BLOCKS / 2).copied().collect();
+            for k in drop {
+                self.cache.remove(&k);
+            }
+        }
+        self.cache.insert(b, raw.clone());
+        Ok(raw)
+    }
+
+    fn write_meta(&mut self, b: u64, data: Vec<u8>) {
+        self.txn.write(b, data);
+    }
+
+    fn revoke_meta(&mut self, b: u64) {
+        self.cache.remove(&b);
+        self.txn.revoke(b);
+    }
+}
+
+impl Meta {
+    /// Open the journal (replaying it) and the metadata; `read_only`
+    /// writes nothing and refuses every change with EROFS.
+    pub fn new(dev: Arc<Dev>, sb: Superblock, read_only: bool) -> Result<Meta> {
+        let j = if read_only {
+            Journaled::open_read_only(dev, sb)?
+        } else {
+            Journaled::open(dev, sb)?
+        };
+        let sb = j.superblock().clone();
+        let geo = sb.geometry()?;
+        Ok(Meta {
+            alloc: Allocator::new(geo, sb.seed()),
+            geo,
+            seed: sb.seed(),
+            hash_seed: sb.hash_seed,
+            sb,
+            sb_dirty: false,
+            inodes: HashMap::new(),
+            dirty: BTreeSet::new(),
+            failed: false,
+            read_only,
+            bufs: Buffers {
+                j,
+                txn: Txn::default(),
+                cache: HashMap::new(),
+            },
+        })
+    }
+
+    /// Refuse changes after a failed commit.
+    pub fn check_writable(&self) -> FsResult<()> {
+        if self.failed || self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Load inode `ino` into the cache (ENOENT if it is free or not an
+    /// inode number, EUCLEAN if it is damaged).
+    pub fn load(&mut self, ino: u64) -> FsResult<&mut InodeState> {
+        if !self.inodes.contains_key(&ino) {
+            let st = self.read_inode(ino)?;
+            self.inodes.insert(ino, st);
+        }
+        self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn read_inode(&mut self, ino: u64) -> FsResult<InodeState> {
+        if !self.geo.ino_valid(ino) {
+            return Err(Errno::ENOENT);
+        }
+        let (b, off) = self.geo.ino_location(ino);
+        let raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
+        let inode = Inode::decode(self.seed, ino, &raw[off..off + INODE_SIZE])
+            .map_err(|e| fail(&format!("inode {ino}"), e))?
+            .ok_or(Errno::ENOENT)?;
+        let (map, tree) = match inode.extent_root() {
+            Some(root) => {
+                let seed = self.seed;
+                read_tree(seed, ino, root, &mut |b| self.bufs.read_meta(b))
+                    .map_err(|e| fail(&format!("extent tree of inode {ino}"), e))?
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        if map.iter().any(|e| {
+            !self.geo.is_data_block(e.physical)
+                || !self.geo.is_data_block(e.physical_end().saturating_sub(1))
+        }) {
+            log::error!("inode {ino}: an extent points outside the data area");
+            return Err(Errno::EUCLEAN);
+        }
+        Ok(InodeState {
+            inode,
+            map,
+            tree,
+            tree_dirty: false,
+            lookups: 0,
+            opens: 0,
+        })
+    }
+
+    /// The cached inode (loaded first if needed).
+    pub fn get(&mut self, ino: u64) -> FsResult<&Inode> {
+        Ok(&self.load(ino)?.inode)
+    }
+
+    /// Inode `ino` for changing; it is written at the next commit.
+    pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut InodeState> {
+        self.check_writable()?;
+        self.dirty.insert(ino);
+        self.load(ino)
+    }
+
+    /// Mark `ino`'s extent map changed (its tree is rebuilt at commit).
+    pub fn map_changed(&mut self, ino: u64) {
+        self.dirty.insert(ino);
+        if let Some(st) = self.inodes.get_mut(&ino) {
+            st.tree_dirty = true;
+        }
+    }
+
+    /// A new inode of `mode` (near `parent`'s group), in the cache and the
+    /// running transaction, with one lookup counted.
+    pub fn new_inode(&mut self, parent: u64, mut inode: Inode) -> FsResult<u64> {
+        self.check_writable()?;
+        let dir = inode.file_type() == FileType::Directory;
+        let hint = self.geo.ino_group(parent).0;
+        let ino = self
+            .alloc
+            .alloc_inode(&mut self.bufs, hint, dir)
+            .map_err(|e| fail("allocating an inode", e))?;
+        inode.generation = self.inodes.get(&ino).map_or(0, |s| s.inode.generation + 1);
+        self.inodes.insert(
+            ino,
+            InodeState {
+                inode,
+                map: Vec::new(),
+                tree: Vec::new(),
+                tree_dirty: false,
+                lookups: 1,
+                opens: 0,
+            },
+        );
+        self.dirty.insert(ino);
+        Ok(ino)
+    }
+
+    /// Allocate up to `want` blocks near `goal`.
+    pub fn alloc_blocks(&mut self, goal: u64, want: u32) -> FsResult<(u64, u32)> {
+        self.check_writable()?;
+        self.alloc
+            .alloc_blocks(&mut self.bufs, goal, want)
+            .map_err(|e| fail("allocating", e))
+    }
+
+    /// Free blocks `[start, start+len)`; `metadata`: revoke them too (they
+    /// were journaled).
+    pub fn free_blocks(&mut self, start: u64, len: u32, metadata: bool) -> FsResult<()> {
+        if metadata {
+            for b in start..start + u64::from(len) {
+                self.bufs.revoke_meta(b);
+            }
+        }
+        // Runs never cross a group: extents don't, and tree blocks are one.
+        self.alloc
+            .free_blocks(&mut self.bufs, start, len)
+            .map_err(|e| fail("freeing", e))
+    }
+
+    /// Remove `[from, to)` from `ino`'s map, freeing its blocks. Blocks of
+    /// directories and symlinks are metadata (journaled) and get revoked.
+    pub fn punch(&mut self, ino: u64, from: u64, to: u64) -> FsResult<()> {
+        let st = self.get_mut(ino)?;
+        let metadata = st.inode.file_type() != FileType::Regular;
+        let freed = extmap::remove(&mut st.map, from, to);
+        if freed.is_empty() {
+            return Ok(());
+        }
+        let n: u64 = freed.iter().map(|r| u64::from(r.1)).sum();
+        st.inode.blocks = st.inode.blocks.saturating_sub(n);
+        self.map_changed(ino);
+        for (start, len) in freed {
+            self.free_blocks(start, len, metadata)?;
+        }
+        Ok(())
+    }
+
+    /// Free inode `ino` and everything it owns (its last link and last
+    /// user are gone).
+    pub fn evict(&mut self, ino: u64) -> FsResult<()> {
+        self.punch(ino, 0, u64::MAX)?;
+        let st = self.get_mut(ino)?;
+        let xattr = std::mem::take(&mut st.inode.xattr_block);
+        let tree = std::mem::take(&mut st.tree);
+        let dir = st.inode.file_type() == FileType::Directory;
+        let orphan_next = st.inode.orphan_next;
+        for b in tree.into_iter().chain((xattr != 0).then_some(xattr)) {
+            self.free_blocks(b, 1, true)?;
+        }
+        self.orphan_remove(ino, orphan_next)?;
+        let (b, off) = self.geo.ino_location(ino);
+        let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
+        raw[off..off + INODE_SIZE].fill(0);
+        self.bufs.write_meta(b, raw);
+        self.alloc
+            .free_inode(&mut self.bufs, ino, dir)
+            .map_err(|e| fail("freeing an inode", e))?;
+        self.dirty.remove(&ino);
+        self.inodes.remove(&ino);
+        Ok(())
+    }
+
+    /// Free `ino` if nothing holds it any more: no links, no lookups, not
+    /// open. An unlinked inode still held goes on the orphan list, so that
+    /// a crash before its release frees it at the next mount.
+    pub fn maybe_evict(&mut self, ino: u64) -> FsResult<()> {
+        let Some(st) = self.inodes.get(&ino) else {
+            return Ok(());
+        };
+        if st.inode.nlink > 0 {
+            if st.lookups == 0 && st.opens == 0 && !self.dirty.contains(&ino) {
+                self.inodes.remove(&ino);
+            }
+            return Ok(());
+        }
+        if st.lookups == 0 && st.opens == 0 {
+            return self.evict(ino);
+        }
+        if st.inode.orphan_next == 0 && self.sb.orphan_head != ino {
+            let head = self.sb.orphan_head;
+            self.get_mut(ino)?.inode.orphan_next = head;
+            self.sb.orphan_head = ino;
+            self.sb_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Take `ino` (whose successor is `next`) off the orphan list.
+    fn orphan_remove(&mut self, ino: u64, next: u64) -> FsResult<()> {
+        if self.sb.orphan_head == ino {
+            self.sb.orphan_head = next;
+            self.sb_dirty = true;
+            return Ok(());
+        }
+        let mut at = self.sb.orphan_head;
+        let mut hops = 0u64;
+        while at != 0 && hops < self.geo.inodes_count() {
+            let st = self.get_mut(at)?;
+            if st.inode.orphan_next == ino {
+                st.inode.orphan_next = next;
+                return Ok(());
+            }
+            at = st.inode.orphan_next;
+            hops += 1;
+        }
+        Ok(())
+    }
+
+    /// Free the orphans a crash left (at mount, before anything else).
+    pub fn free_orphans(&mut self) -> FsResult<u64> {
+        let mut n = 0;
+        let mut hops = 0u64;
+        while self.sb.orphan_head != 0 && hops <= self.geo.inodes_count() {
+            let ino = self.sb.orphan_head;
+            let st = self.load(ino)?;
+            if st.inode.nlink == 0 {
+                st.lookups = 0;
+                st.opens = 0;
+                self.evict(ino)?;
+                n += 1;
+            } else {
+                let next = std::mem::take(&mut self.get_mut(ino)?.inode.orphan_next);
+                self.sb.orphan_head = next;
+                self.sb_dirty = true;
+            }
+            hops += 1;
+        }
+        Ok(n)
+    }
+
+    /// Encode the changed inodes (rebuilding changed extent trees) and the
+    /// superblock into the running transaction.
+    fn flush_inodes(&mut self) -> FsResult<()> {
+        let dirty: Vec<u64> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for ino in dirty {
+            let Some(st) = self.inodes.get(&ino) else {
+                continue;
+            };
+            if st.tree_dirty {
+                self.rewrite_tree(ino)?;
+            }
+            let Some(st) = self.inodes.get(&ino) else {
+                continue;
+            };
+            let inode = st.inode.clone();
+            let (b, off) = self.geo.ino_location(ino);
+            let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
+            inode.encode(self.seed, ino, &mut raw[off..off + INODE_SIZE]);
+            self.bufs.write_meta(b, raw);
+            if let Some(st) = self.inodes.get(&ino) {
+                if st.lookups == 0 && st.opens == 0 && st.inode.nlink > 0 {
+                    self.inodes.remove(&ino);
+                }
+            }
+        }
+        if self.sb_dirty {
+            let raw = self.sb.encode(0);
+            self.bufs.write_meta(0, raw);
+            self.sb_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Replace `ino`'s tree by one built from its map.
+    fn rewrite_tree(&mut self, ino: u64) -> FsResult<()> {
+        let Some(st) = self.inodes.get_mut(&ino) else {
+            return Ok(());
+        };
+        let old = std::mem::take(&mut st.tree);
+        let map = st.map.clone();
+        let goal = map.last().map_or(0, |e| e.physical_end());
+        for b in &old {
+            self.free_blocks(*b, 1, true)?;
+        }
+        let seed = self.seed;
+        let mut err = None;
+        let built = build_tree(seed, ino, &map, &mut || match self.alloc_blocks(goal, 1) {
+            Ok((b, _)) => Ok(b),
+            Err(e) => {
+                err = Some(e);
+                Err(FormatError::invalid("extent tree", "no space"))
+            }
+        });
+        let (root, nodes) = match built {
+            Ok(x) => x,
+            Err(e) => return Err(err.unwrap_or_else(|| fail("extent tree", e))),
+        };
+        let new: Vec<u64> = nodes.iter().map(|n| n.0).collect();
+        for (b, raw) in nodes {
+            self.bufs.write_meta(b, raw);
+        }
+        if let Some(st) = self.inodes.get_mut(&ino) {
+            st.inode.blocks = st.inode.blocks + new.len() as u64 - old.len() as u64;
+            st.inode.data = InodeData::Extents(root);
+            st.tree = new;
+            st.tree_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// True when the running transaction should be committed soon (a
+    /// quarter of the journal).
+    pub fn txn_is_big(&self) -> bool {
+        let (_, size) = self.bufs.j.log_usage();
+        self.bufs.txn.log_blocks() * 4 > size || self.dirty.len() > 4096
+    }
+
+    /// Commit the running transaction; false if there was nothing to
+    /// commit. The caller has written back the data the maps point to. On
+    /// failure the filesystem refuses further changes.
+    pub fn commit(&mut self) -> FsResult<bool> {
+        if self.read_only {
+            return Ok(false);
+        }
+        if self.failed {
+            return Err(Errno::EIO);
+        }
+        self.flush_inodes()?;
+        if self.bufs.txn.is_empty() {
+            return Ok(false);
+        }
+        let txn = std::mem::take(&mut self.bufs.txn);
+        let blocks: Vec<u64> = txn.blocks().collect();
+        if let Err(e) = self.bufs.j.commit(txn) {
+            self.failed = true;
+            return Err(fail("journal commit (no more changes will be accepted)", e));
+        }
+        for b in blocks {
+            self.bufs.cache.remove(&b);
+        }
+        self.alloc.committed();
+        Ok(true)
+    }
+
+    /// Commit, write everything home and mark the filesystem clean; no
+    /// change is accepted after.
+    pub fn close(&mut self) -> FsResult<()> {
+        self.commit()?;
+        self.bufs.j.close().map_err(|e| fail("unmount", e))?;
+        self.read_only = true;
+        Ok(())
+    }
+
+    /// Free blocks and inodes (for statfs).
+    pub fn free_counts(&mut self) -> FsResult<(u64, u64)> {
+        self.alloc
+            .free_counts(&mut self.bufs)
+            .map_err(|e| fail("statfs", e))
+    }
+}
+
+/// Bump `ctime` (and `mtime` if `modify`) of `inode` to now.
+pub fn touch(inode: &mut Inode, modify: bool) {
+    let now = Timespec::now();
+    inode.ctime = now;
+    if modify {
+        inode.mtime = now;
+    }
+}

@@ -1,0 +1,520 @@
+//! Namespace operations on [`Meta`]: directory entries through the hashed
+//! B+tree ([`super::dir`]) backed by the buffer cache, and the POSIX rules
+//! of create, link, unlink, rmdir and rename (errno values as ext4's).
+
+use super::dir::{self as dirops, DirBlocks, DirError};
+use super::extmap::{self, Mapping};
+use super::meta::{fail, touch, Meta, LINK_MAX};
+use super::txn::MetaIo;
+use super::types::{Attr, Ctx, Errno, FsResult, RenameFlags};
+use crate::format::dir::{name_hash, valid_name, DirEntry, DirNode};
+use crate::format::error::{FormatError, Result};
+use crate::format::extent::Extent;
+use crate::format::inode::{FileType, Inode, InodeData, Timespec, INLINE_DATA, S_IFLNK};
+use crate::format::{BLOCK_SIZE, BLOCK_SIZE_U64, ROOT_INO};
+
+/// `S_ISGID`.
+const S_ISGID: u32 = 0o2000;
+
+/// A directory's blocks seen through the buffer cache.
+struct DirIo<'a> {
+    m: &'a mut Meta,
+    ino: u64,
+    /// The errno of a failed allocation (kept, as `DirBlocks` speaks
+    /// `FormatError`).
+    err: Option<Errno>,
+}
+
+impl DirIo<'_> {
+    fn physical(&mut self, logical: u64) -> Result<u64> {
+        let map = self.m.inodes.get(&self.ino).map(|s| s.map.as_slice());
+        match map.map(|m| extmap::lookup(m, logical)) {
+            Some(Mapping::Mapped { physical, .. }) => Ok(physical),
+            _ => Err(FormatError::invalid(
+                "directory",
+                format!("inode {}: logical block {logical} is not mapped", self.ino),
+            )),
+        }
+    }
+}
+
+impl DirBlocks for DirIo<'_> {
+    fn is_empty(&self) -> bool {
+        self.m
+            .inodes
+            .get(&self.ino)
+            .is_none_or(|s| s.map.is_empty())
+    }
+
+    fn read(&mut self, logical: u64) -> Result<DirNode> {
+        let b = self.physical(logical)?;
+        let raw = self.m.bufs.read_meta(b)?;
+        DirNode::decode(self.m.seed, self.m.hash_seed, b, self.ino, &raw)
+    }
+
+    fn write(&mut self, logical: u64, node: DirNode) -> Result<()> {
+        if logical == 0 && self.is_empty() {
+            // The root of an empty directory.
+            self.alloc()?;
+        }
+        let b = self.physical(logical)?;
+        let raw = node.encode(self.m.seed, b, self.ino);
+        self.m.bufs.write_meta(b, raw);
+        Ok(())
+    }
+
+    fn alloc(&mut self) -> Result<u64> {
+        let ino = self.ino;
+        let (logical, goal) = match self.m.inodes.get(&ino) {
+            Some(s) => (
+                s.inode.size / BLOCK_SIZE_U64,
+                s.map
+                    .last()
+                    .map_or(self.m.geo.group_start(self.m.geo.ino_group(ino).0), |e| {
+                        e.physical_end()
+                    }),
+            ),
+            None => return Err(FormatError::invalid("directory", "not loaded")),
+        };
+        let (b, _) = self.m.alloc_blocks(goal, 1).map_err(|e| {
+            self.err = Some(e);
+            FormatError::invalid("allocation", "no space")
+        })?;
+        if let Some(st) = self.m.inodes.get_mut(&ino) {
+            extmap::insert(
+                &mut st.map,
+                Extent {
+                    logical,
+                    physical: b,
+                    len: 1,
+                    unwritten: false,
+                },
+            );
+            st.inode.size += BLOCK_SIZE_U64;
+            st.inode.blocks += 1;
+        }
+        self.m.map_changed(ino);
+        Ok(logical)
+    }
+}
+
+/// Check a name from a request: ENAMETOOLONG over 255 bytes, EINVAL for
+/// names no directory can hold.
+pub fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > crate::format::NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if !valid_name(name) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// `stat(2)` view of inode `ino`.
+pub fn attr_of(ino: u64, i: &Inode) -> Attr {
+    let kind = i.file_type();
+    let rdev = match kind {
+        FileType::CharDev | FileType::BlockDev => i.rdev_or_parent as u32,
+        _ => 0,
+    };
+    Attr {
+        ino,
+        size: i.size,
+        blocks: i.blocks * (BLOCK_SIZE_U64 / 512),
+        atime: i.atime,
+        mtime: i.mtime,
+        ctime: i.ctime,
+        crtime: i.crtime,
+        kind,
+        perm: (i.mode & 0o7777) as u16,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev,
+        blksize: BLOCK_SIZE as u32,
+        generation: i.generation,
+    }
+}
+
+impl Meta {
+    fn dir_io(&mut self, dir: u64) -> FsResult<DirIo<'_>> {
+        if self.get(dir)?.file_type() != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(DirIo {
+            m: self,
+            ino: dir,
+            err: None,
+        })
+    }
+
+    /// The entry `name` in directory `dir`.
+    pub fn dir_lookup(&mut self, dir: u64, name: &[u8]) -> FsResult<Option<DirEntry>> {
+        let hash = name_hash(self.hash_seed, name);
+        let mut io = self.dir_io(dir)?;
+        dirops::lookup(&mut io, hash, name).map_err(|e| fail(&format!("directory {dir}"), e))
+    }
+
+    fn dir_add(&mut self, dir: u64, name: &[u8], ino: u64, ftype: FileType) -> FsResult<()> {
+        self.check_writable()?;
+        let entry = DirEntry::new(self.hash_seed, name, ino, ftype);
+        let mut io = self.dir_io(dir)?;
+        let r = dirops::insert(&mut io, entry);
+        let err = io.err;
+        match r {
+            Ok(()) => Ok(()),
+            Err(DirError::Exists) => Err(Errno::EEXIST),
+            Err(DirError::HashBucketFull) => Err(Errno::ENOSPC),
+            Err(DirError::Format(e)) => Err(err.unwrap_or_else(|| fail("directory insert", e))),
+        }
+    }
+
+    fn dir_remove(&mut self, dir: u64, name: &[u8]) -> FsResult<DirEntry> {
+        self.check_writable()?;
+        let hash = name_hash(self.hash_seed, name);
+        let mut io = self.dir_io(dir)?;
+        dirops::remove(&mut io, hash, name)
+            .map_err(|e| fail(&format!("directory {dir}"), e))?
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// Up to `max` entries of `dir` with a hash above `cookie`.
+    pub fn dir_list(&mut self, dir: u64, cookie: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        let mut io = self.dir_io(dir)?;
+        dirops::readdir(&mut io, cookie, max).map_err(|e| fail(&format!("directory {dir}"), e))
+    }
+
+    fn dir_is_empty(&mut self, dir: u64) -> FsResult<bool> {
+        Ok(self.dir_list(dir, 0, 1)?.is_empty())
+    }
+
+    /// Look `name` up in `parent`, counting a lookup of what it finds.
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let ino = match name {
+            b"." => parent,
+            b".." => {
+                let p = self.get(parent)?;
+                if p.file_type() != FileType::Directory {
+                    return Err(Errno::ENOTDIR);
+                }
+                if parent == ROOT_INO {
+                    ROOT_INO
+                } else {
+                    p.rdev_or_parent
+                }
+            }
+            _ => {
+                if name.len() > crate::format::NAME_MAX {
+                    return Err(Errno::ENAMETOOLONG);
+                }
+                self.dir_lookup(parent, name)?.ok_or(Errno::ENOENT)?.ino
+            }
+        };
+        let st = self.load(ino)?;
+        st.lookups += 1;
+        Ok(attr_of(ino, &st.inode))
+    }
+
+    /// Make a new inode of `mode` named `name` in `parent` (any type);
+    /// `fill` completes it before it is linked.
+    pub fn make(
+        &mut self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        fill: &mut dyn FnMut(&mut Meta, u64) -> FsResult<()>,
+    ) -> FsResult<Attr> {
+        check_name(name)?;
+        let ftype = FileType::from_mode(mode).ok_or(Errno::EINVAL)?;
+        let is_dir = ftype == FileType::Directory;
+        let p = self.get(parent)?.clone();
+        if p.file_type() != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        if p.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        if is_dir && p.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        if self.dir_lookup(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let mut inode = Inode::new(mode, ctx.uid, ctx.gid, Timespec::now());
+        if p.mode & S_ISGID != 0 {
+            inode.gid = p.gid;
+            if is_dir {
+                inode.mode |= S_ISGID;
+            }
+        }
+        if is_dir {
+            inode.nlink = 2;
+            inode.rdev_or_parent = parent;
+        }
+        let ino = self.new_inode(parent, inode)?;
+        let made = fill(self, ino).and_then(|()| self.dir_add(parent, name, ino, ftype));
+        if let Err(e) = made {
+            // Undo: the inode was never reachable.
+            if let Ok(st) = self.get_mut(ino) {
+                st.inode.nlink = 0;
+                st.lookups = 0;
+            }
+            if let Err(e2) = self.evict(ino) {
+                log::error!("undoing a failed create of inode {ino}: {e2}");
+            }
+            return Err(e);
+        }
+        let ps = self.get_mut(parent)?;
+        if is_dir {
+            ps.inode.nlink += 1;
+        }
+        touch(&mut ps.inode, true);
+        let st = self.load(ino)?;
+        Ok(attr_of(ino, &st.inode))
+    }
+
+    /// Store a symlink's target in new inode `ino` (inline if it fits).
+    pub fn set_symlink(&mut self, ino: u64, target: &[u8]) -> FsResult<()> {
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if target.len() >= BLOCK_SIZE {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if target.len() <= INLINE_DATA {
+            let st = self.get_mut(ino)?;
+            st.inode.data = InodeData::Symlink(target.to_vec());
+            st.inode.size = target.len() as u64;
+            return Ok(());
+        }
+        let goal = self.geo.group_start(self.geo.ino_group(ino).0);
+        let (b, _) = self.alloc_blocks(goal, 1)?;
+        let mut raw = vec![0u8; BLOCK_SIZE];
+        raw[..target.len()].copy_from_slice(target);
+        self.bufs.write_meta(b, raw);
+        let st = self.get_mut(ino)?;
+        st.map.push(Extent {
+            logical: 0,
+            physical: b,
+            len: 1,
+            unwritten: false,
+        });
+        st.inode.size = target.len() as u64;
+        st.inode.blocks += 1;
+        self.map_changed(ino);
+        Ok(())
+    }
+
+    pub fn readlink(&mut self, ino: u64) -> FsResult<Vec<u8>> {
+        let st = self.load(ino)?;
+        if st.inode.file_type() != FileType::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        if let InodeData::Symlink(t) = &st.inode.data {
+            return Ok(t.clone());
+        }
+        let size = (st.inode.size as usize).min(BLOCK_SIZE);
+        let Mapping::Mapped { physical, .. } = extmap::lookup(&st.map, 0) else {
+            return Err(Errno::EUCLEAN);
+        };
+        let raw = self
+            .bufs
+            .read_meta(physical)
+            .map_err(|e| fail("symlink", e))?;
+        Ok(raw[..size].to_vec())
+    }
+
+    pub fn link(&mut self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        check_name(name)?;
+        let i = self.get(ino)?;
+        if i.file_type() == FileType::Directory {
+            return Err(Errno::EPERM);
+        }
+        if i.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        if i.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        let ftype = i.file_type();
+        if self.get(parent)?.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        self.dir_add(parent, name, ino, ftype)?;
+        let st = self.get_mut(ino)?;
+        st.inode.nlink += 1;
+        st.lookups += 1;
+        touch(&mut st.inode, false);
+        let a = attr_of(ino, &st.inode);
+        touch(&mut self.get_mut(parent)?.inode, true);
+        Ok(a)
+    }
+
+    /// Drop one link of `ino` (a directory loses both of its own).
+    fn drop_link(&mut self, ino: u64) -> FsResult<()> {
+        let st = self.get_mut(ino)?;
+        if st.inode.file_type() == FileType::Directory {
+            st.inode.nlink = 0;
+        } else {
+            st.inode.nlink = st.inode.nlink.saturating_sub(1);
+        }
+        touch(&mut st.inode, false);
+        self.maybe_evict(ino)
+    }
+
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        let e = self.dir_lookup(parent, name)?.ok_or(Errno::ENOENT)?;
+        if e.ftype == FileType::Directory {
+            return Err(Errno::EISDIR);
+        }
+        self.dir_remove(parent, name)?;
+        touch(&mut self.get_mut(parent)?.inode, true);
+        self.drop_link(e.ino)
+    }
+
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> FsResult<()> {
+        match name {
+            b"." => return Err(Errno::EINVAL),
+            b".." => return Err(Errno::ENOTEMPTY),
+            _ => check_name(name)?,
+        }
+        let e = self.dir_lookup(parent, name)?.ok_or(Errno::ENOENT)?;
+        if e.ftype != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        if !self.dir_is_empty(e.ino)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        self.dir_remove(parent, name)?;
+        let ps = self.get_mut(parent)?;
+        ps.inode.nlink = ps.inode.nlink.saturating_sub(1);
+        touch(&mut ps.inode, true);
+        self.drop_link(e.ino)
+    }
+
+    /// True if `dir` is `ancestor` or below it.
+    fn is_below(&mut self, mut dir: u64, ancestor: u64) -> FsResult<bool> {
+        for _ in 0..self.geo.inodes_count() {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = self.get(dir)?.rdev_or_parent;
+        }
+        Err(Errno::EUCLEAN)
+    }
+
+    /// Point directory `ino`'s ".." at `newparent` (moving it from
+    /// `oldparent`), fixing both parents' link counts.
+    fn reparent(&mut self, ino: u64, oldparent: u64, newparent: u64) -> FsResult<()> {
+        if oldparent == newparent {
+            return Ok(());
+        }
+        self.get_mut(ino)?.inode.rdev_or_parent = newparent;
+        let o = self.get_mut(oldparent)?;
+        o.inode.nlink = o.inode.nlink.saturating_sub(1);
+        self.get_mut(newparent)?.inode.nlink += 1;
+        Ok(())
+    }
+
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        check_name(name)?;
+        check_name(newname)?;
+        if flags.exchange && flags.noreplace {
+            return Err(Errno::EINVAL);
+        }
+        let src = self.dir_lookup(parent, name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.dir_lookup(newparent, newname)?;
+        if self.get(newparent)?.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        let src_dir = src.ftype == FileType::Directory;
+        if flags.exchange {
+            let dst = dst.ok_or(Errno::ENOENT)?;
+            return self.exchange(parent, &src, newparent, &dst);
+        }
+        if src_dir && self.is_below(newparent, src.ino)? {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(d) = &dst {
+            if flags.noreplace {
+                return Err(Errno::EEXIST);
+            }
+            if d.ino == src.ino {
+                return Ok(());
+            }
+            let dst_dir = d.ftype == FileType::Directory;
+            match (src_dir, dst_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !self.dir_is_empty(d.ino)? => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+        } else if src_dir && parent != newparent && self.get(newparent)?.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        // Replace or add the new name, then drop the old one.
+        if let Some(d) = &dst {
+            self.dir_remove(newparent, newname)?;
+            if d.ftype == FileType::Directory {
+                let np = self.get_mut(newparent)?;
+                np.inode.nlink = np.inode.nlink.saturating_sub(1);
+            }
+        }
+        self.dir_add(newparent, newname, src.ino, src.ftype)?;
+        self.dir_remove(parent, name)?;
+        if src_dir {
+            self.reparent(src.ino, parent, newparent)?;
+        }
+        touch(&mut self.get_mut(src.ino)?.inode, false);
+        touch(&mut self.get_mut(parent)?.inode, true);
+        touch(&mut self.get_mut(newparent)?.inode, true);
+        if let Some(d) = dst {
+            self.drop_link(d.ino)?;
+        }
+        Ok(())
+    }
+
+    /// RENAME_EXCHANGE: swap what two names point to.
+    fn exchange(&mut self, p1: u64, e1: &DirEntry, p2: u64, e2: &DirEntry) -> FsResult<()> {
+        if e1.ino == e2.ino {
+            return Ok(());
+        }
+        let d1 = e1.ftype == FileType::Directory;
+        let d2 = e2.ftype == FileType::Directory;
+        if (d1 && self.is_below(p2, e1.ino)?) || (d2 && self.is_below(p1, e2.ino)?) {
+            return Err(Errno::EINVAL);
+        }
+        self.dir_remove(p1, &e1.name)?;
+        self.dir_remove(p2, &e2.name)?;
+        self.dir_add(p1, &e1.name, e2.ino, e2.ftype)?;
+        self.dir_add(p2, &e2.name, e1.ino, e1.ftype)?;
+        if d1 {
+            self.reparent(e1.ino, p1, p2)?;
+        }
+        if d2 {
+            self.reparent(e2.ino, p2, p1)?;
+        }
+        for ino in [e1.ino, e2.ino] {
+            touch(&mut self.get_mut(ino)?.inode, false);
+        }
+        for p in [p1, p2] {
+            touch(&mut self.get_mut(p)?.inode, true);
+        }
+        Ok(())
+    }
+}
+
+/// A symlink's mode.
+pub const SYMLINK_MODE: u32 = S_IFLNK | 0o777;

@@ -1,0 +1,361 @@
+//! The filesystem core (`biofs::fs::Fs`) driven without FUSE: namespace
+//! and data operations checked against a model, through unmount and
+//! mount, ending with a forced fsck that finds nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use biofs::block::backend::{BlockBackend, MemBackend};
+use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
+use biofs::format::inode::Timespec;
+use biofs::format::mkfs::{make_fs, MkfsParams};
+use biofs::fs::{Ctx, Errno, FallocMode, Fs, MountOptions, RenameFlags, SeekWhence, SetAttr};
+
+mod common;
+use common::fsimage::{check_quietly, crash_device, dev_on, logged_device};
+use common::rng::Rng;
+
+const ROOT: u64 = 1;
+
+fn new_device(size: u64) -> Arc<dyn BlockBackend> {
+    let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(size));
+    IntegrityStore::format(
+        &*mem,
+        IntegrityProfile::new(4096, Checksum::Crc32c).unwrap(),
+    )
+    .unwrap();
+    mkfs_on(mem)
+}
+
+fn mkfs_on(mem: Arc<dyn BlockBackend>) -> Arc<dyn BlockBackend> {
+    let dev = dev_on(mem.clone());
+    make_fs(
+        &dev,
+        &MkfsParams::new([7; 16], 9, Timespec { sec: 1, nsec: 0 }),
+    )
+    .unwrap();
+    dev.close().unwrap();
+    mem
+}
+
+fn mount(mem: &Arc<dyn BlockBackend>) -> Fs {
+    let _ = env_logger::builder().is_test(true).try_init();
+    Fs::mount_dev(dev_on(mem.clone()), &MountOptions::default()).unwrap()
+}
+
+fn fsck_clean(mem: &Arc<dyn BlockBackend>) {
+    let dev = dev_on(mem.clone());
+    let (problems, said) = check_quietly(&dev);
+    assert_eq!(problems, 0, "fsck found problems:\n{}", said.join("\n"));
+    dev.close().unwrap();
+}
+
+fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let size = fs.getattr(ino).unwrap().size;
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        let chunk = fs
+            .read(&Ctx::root(), ino, out.len() as u64, 1 << 20)
+            .unwrap();
+        assert!(!chunk.is_empty(), "short read at {}", out.len());
+        out.extend(chunk);
+    }
+    out
+}
+
+#[test]
+fn namespace_and_errnos() {
+    let mem = new_device(64 << 20);
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let d = fs.mkdir(&c, ROOT, b"d", 0o755).unwrap();
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 4, "root, lost+found, d");
+    let f = fs.create(&c, d.ino, b"f", 0o644).unwrap();
+    fs.release(f.ino).unwrap();
+    assert_eq!(fs.create(&c, d.ino, b"f", 0o644), Err(Errno::EEXIST));
+    assert_eq!(fs.rmdir(ROOT, b"d"), Err(Errno::ENOTEMPTY));
+    assert_eq!(fs.unlink(ROOT, b"d"), Err(Errno::EISDIR));
+    assert_eq!(fs.lookup(d.ino, &[b'x'; 256]), Err(Errno::ENAMETOOLONG));
+    assert_eq!(
+        fs.mkdir(&c, ROOT, &[b'x'; 256], 0o755),
+        Err(Errno::ENAMETOOLONG)
+    );
+    fs.mkdir(&c, ROOT, &[b'x'; 255], 0o755).unwrap();
+    assert_eq!(fs.link(d.ino, ROOT, b"dl"), Err(Errno::EPERM));
+    let l = fs.link(f.ino, ROOT, b"hard").unwrap();
+    assert_eq!(l.nlink, 2);
+    let s = fs.symlink(&c, ROOT, b"s", b"d/f").unwrap();
+    assert_eq!(fs.readlink(s.ino).unwrap(), b"d/f");
+    let long = vec![b'y'; 3000];
+    let s2 = fs.symlink(&c, ROOT, b"s2", &long).unwrap();
+    assert_eq!(fs.readlink(s2.ino).unwrap(), long);
+    // rename: into its own subdirectory, over a non-empty directory.
+    let sub = fs.mkdir(&c, d.ino, b"sub", 0o755).unwrap();
+    assert_eq!(
+        fs.rename(ROOT, b"d", sub.ino, b"x", RenameFlags::default()),
+        Err(Errno::EINVAL)
+    );
+    let e = fs.mkdir(&c, ROOT, b"e", 0o755).unwrap();
+    assert_eq!(
+        fs.rename(ROOT, b"e", ROOT, b"d", RenameFlags::default()),
+        Err(Errno::ENOTEMPTY)
+    );
+    assert_eq!(
+        fs.rename(ROOT, b"hard", ROOT, b"e", RenameFlags::default()),
+        Err(Errno::EISDIR)
+    );
+    let noreplace = RenameFlags {
+        noreplace: true,
+        exchange: false,
+    };
+    assert_eq!(
+        fs.rename(ROOT, b"s", ROOT, b"hard", noreplace),
+        Err(Errno::EEXIST)
+    );
+    let exchange = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    fs.rename(ROOT, b"e", d.ino, b"sub", exchange).unwrap();
+    assert_eq!(fs.lookup(ROOT, b"e").unwrap().ino, sub.ino);
+    assert_eq!(fs.lookup(d.ino, b"sub").unwrap().ino, e.ino);
+    // Move a directory across parents: link counts follow.
+    fs.rename(ROOT, b"e", d.ino, b"moved", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.getattr(d.ino).unwrap().nlink, 4);
+    // Over an empty directory.
+    fs.rename(d.ino, b"moved", d.ino, b"sub", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.getattr(d.ino).unwrap().nlink, 3);
+    let names: Vec<Vec<u8>> = fs
+        .readdir(d.ino, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names.len(), 4, "., .., f, sub: {names:?}");
+    fs.shutdown().unwrap();
+    drop(fs);
+    fsck_clean(&mem);
+    let fs = mount(&mem);
+    assert_eq!(fs.lookup(ROOT, b"hard").unwrap().nlink, 2);
+    assert_eq!(
+        fs.readlink(fs.lookup(ROOT, b"s2").unwrap().ino).unwrap(),
+        long
+    );
+    drop(fs);
+    fsck_clean(&mem);
+}
+
+#[test]
+fn many_entries_readdir_and_unlink_all() {
+    let mem = new_device(64 << 20);
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    for i in 0..3000 {
+        let a = fs
+            .create(&c, ROOT, format!("file-{i}").as_bytes(), 0o644)
+            .unwrap();
+        fs.release(a.ino).unwrap();
+        fs.forget(a.ino, 1);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cookie = 0;
+    loop {
+        let batch = fs.readdir(ROOT, cookie, 97).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for e in &batch {
+            assert!(seen.insert(e.name.clone()), "{:?} twice", e.name);
+        }
+        cookie = batch.last().unwrap().cookie;
+    }
+    assert_eq!(seen.len(), 3000 + 3);
+    drop(fs);
+    fsck_clean(&mem);
+    let fs = mount(&mem);
+    for i in 0..3000 {
+        fs.unlink(ROOT, format!("file-{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(fs.readdir(ROOT, 2, 10).unwrap().len(), 1, "lost+found");
+    drop(fs);
+    fsck_clean(&mem);
+}
+
+#[test]
+fn file_data_against_a_model() {
+    let mem = new_device(128 << 20);
+    let mut fs = mount(&mem);
+    let c = Ctx::root();
+    let mut rng = Rng(42);
+    let mut model: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut inos = Vec::new();
+    for i in 0..4 {
+        let a = fs
+            .create(&c, ROOT, format!("f{i}").as_bytes(), 0o644)
+            .unwrap();
+        inos.push(a.ino);
+        model.insert(a.ino, Vec::new());
+    }
+    for step in 0..600 {
+        let ino = inos[rng.below(inos.len() as u64) as usize];
+        let m = model.get_mut(&ino).unwrap();
+        match rng.below(10) {
+            0..=4 => {
+                let off = rng.below(3 << 20);
+                let len = 1 + rng.below(300_000) as usize;
+                let data: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                assert_eq!(fs.write(&c, ino, off, &data, false).unwrap() as usize, len);
+                let end = off as usize + len;
+                if m.len() < end {
+                    m.resize(end, 0);
+                }
+                m[off as usize..end].copy_from_slice(&data);
+            }
+            5 => {
+                let size = rng.below(3 << 20);
+                fs.setattr(
+                    &c,
+                    ino,
+                    &SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    },
+                )
+                .unwrap();
+                m.resize(size as usize, 0);
+            }
+            6 => {
+                let off = rng.below(3 << 20);
+                let len = 1 + rng.below(200_000);
+                let mode = match rng.below(3) {
+                    0 => FallocMode::PunchHole,
+                    1 => FallocMode::ZeroRange { keep_size: false },
+                    _ => FallocMode::Allocate,
+                };
+                fs.fallocate(&c, ino, off, len, mode).unwrap();
+                let end = (off + len) as usize;
+                if mode != FallocMode::PunchHole && m.len() < end {
+                    m.resize(end, 0);
+                }
+                if mode != FallocMode::Allocate {
+                    let hi = end.min(m.len());
+                    if (off as usize) < hi {
+                        m[off as usize..hi].fill(0);
+                    }
+                }
+            }
+            7 => fs.fsync(ino, false).unwrap(),
+            8 => {
+                if step % 5 == 0 {
+                    drop(fs);
+                    fs = mount(&mem);
+                }
+            }
+            _ => {
+                let off = rng.below(m.len() as u64 + 10);
+                let len = rng.below(500_000) as u32;
+                let got = fs.read(&c, ino, off, len).unwrap();
+                let lo = (off as usize).min(m.len());
+                let hi = (off as usize + len as usize).min(m.len());
+                assert_eq!(got, m[lo..hi], "step {step}: read {off}+{len} of {ino}");
+            }
+        }
+        assert_eq!(fs.getattr(ino).unwrap().size, m.len() as u64, "step {step}");
+    }
+    for (&ino, m) in &model {
+        assert_eq!(&read_all(&fs, ino), m);
+    }
+    drop(fs);
+    fsck_clean(&mem);
+    let fs = mount(&mem);
+    for (&ino, m) in &model {
+        assert_eq!(&read_all(&fs, ino), m, "after remount");
+    }
+    drop(fs);
+    fsck_clean(&mem);
+}
+
+#[test]
+fn seek_data_hole_and_sparse_files() {
+    let mem = new_device(64 << 20);
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let f = fs.create(&c, ROOT, b"sparse", 0o644).unwrap();
+    fs.write(&c, f.ino, 1 << 20, b"hello", false).unwrap();
+    assert_eq!(fs.lseek(f.ino, 0, SeekWhence::Data).unwrap(), 1 << 20);
+    assert_eq!(fs.lseek(f.ino, 0, SeekWhence::Hole).unwrap(), 0);
+    assert_eq!(
+        fs.lseek(f.ino, 1 << 20, SeekWhence::Hole).unwrap(),
+        (1 << 20) + 5
+    );
+    assert_eq!(
+        fs.lseek(f.ino, 2 << 20, SeekWhence::Data),
+        Err(Errno::ENXIO)
+    );
+    assert_eq!(fs.getattr(f.ino).unwrap().blocks, 8, "one 4 KiB block");
+    let got = fs.read(&c, f.ino, 0, 4096).unwrap();
+    assert!(got.iter().all(|&b| b == 0));
+    drop(fs);
+    fsck_clean(&mem);
+}
+
+#[test]
+fn enospc_then_room_again() {
+    let mem = new_device(32 << 20);
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let keep = fs.create(&c, ROOT, b"keep", 0o644).unwrap();
+    fs.write(&c, keep.ino, 0, b"precious", false).unwrap();
+    fs.fsync(keep.ino, false).unwrap();
+    let big = fs.create(&c, ROOT, b"big", 0o644).unwrap();
+    let chunk = vec![0xabu8; 1 << 20];
+    let mut off = 0;
+    let err = loop {
+        match fs.write(&c, big.ino, off, &chunk, false) {
+            Ok(n) => off += u64::from(n),
+            Err(e) => break e,
+        }
+        if let Err(e) = fs.fsync(big.ino, false) {
+            break e;
+        }
+        assert!(off < 64 << 20, "never ran out of space");
+    };
+    assert_eq!(err, Errno::ENOSPC);
+    fs.release(big.ino).unwrap();
+    fs.unlink(ROOT, b"big").unwrap();
+    fs.forget(big.ino, 1);
+    fs.syncfs().unwrap();
+    let again = fs.create(&c, ROOT, b"again", 0o644).unwrap();
+    fs.write(&c, again.ino, 0, &chunk, false).unwrap();
+    fs.fsync(again.ino, false).unwrap();
+    assert_eq!(fs.read(&c, keep.ino, 0, 100).unwrap(), b"precious");
+    drop(fs);
+    fsck_clean(&mem);
+}
+
+#[test]
+fn unlinked_open_file_lives_until_release_or_next_mount() {
+    const SIZE: u64 = 64 << 20;
+    let lw = logged_device(SIZE);
+    let mem = mkfs_on(lw.clone());
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let f = fs.create(&c, ROOT, b"tmp", 0o644).unwrap();
+    fs.write(&c, f.ino, 0, &vec![1u8; 100_000], false).unwrap();
+    fs.unlink(ROOT, b"tmp").unwrap();
+    assert_eq!(fs.read(&c, f.ino, 99_990, 100).unwrap(), vec![1u8; 10]);
+    fs.syncfs().unwrap();
+    let before = fs.statfs().unwrap().bfree;
+    // A crash now: a copy of what the device holds, the file still open.
+    let mem = crash_device(&lw, (lw.entries().len(), None), SIZE);
+    let fs = mount(&mem);
+    let after = fs.statfs().unwrap().bfree;
+    assert!(
+        after > before,
+        "the orphan's blocks were freed: {before} -> {after}"
+    );
+    drop(fs);
+    fsck_clean(&mem);
+}
