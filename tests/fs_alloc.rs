@@ -193,5 +193,6 @@ fn a_goal_near_a_groups_end_still_gets_a_whole_run_in_that_group() {
     assert_eq!(geo.block_group(s).map(|x| x.0), Some(0), "run at {s}");
     j.commit(txn).unwrap();
     j.close().unwrap();
+    drop(j);
     Arc::into_inner(dev).unwrap().close().unwrap();
 }

@@ -87,6 +87,7 @@ fn every_crash_state_shows_whole_transactions() {
             }
         }
         j.close().unwrap();
+        drop(j);
         Arc::into_inner(dev).unwrap().close().unwrap();
     }
     let mut checked = 0;
