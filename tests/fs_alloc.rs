@@ -164,6 +164,7 @@ fn allocations_are_unique_lazy_delayed_and_leave_a_clean_filesystem() {
     }
     j.commit(txn).unwrap();
     j.close().unwrap();
+    drop(j);
     let (problems, said) = check_quietly(&dev);
     assert_eq!(problems, 0, "{said:?}");
     Arc::into_inner(dev).unwrap().close().unwrap();
