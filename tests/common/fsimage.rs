@@ -266,16 +266,27 @@ pub fn logged_device(size: u64) -> std::sync::Arc<biofs::block::backend::LogWrit
 
 /// Crash states of a write log from entry `base` on: every prefix
 /// `(n, None)`, and at each flush point each single write after it lost
-/// `(flush point, Some(index of the lost write))`.
+/// `(flush point, Some(index of the lost write))`, except FUA writes (see
+/// below).
 pub fn crash_states(
     lw: &biofs::block::backend::LogWritesBackend,
     base: usize,
 ) -> Vec<(usize, Option<usize>)> {
     let len = lw.entries().len();
     let mut states: Vec<(usize, Option<usize>)> = (base..=len).map(|n| (n, None)).collect();
+    let log = lw.entries();
     for fp in lw.flush_points().into_iter().filter(|&f| f >= base) {
         for d in 0..writes_after(lw, fp) {
-            states.push((fp, Some(d)));
+            // A FUA write is durable once it completes, and every later
+            // write was issued after that: losing it while keeping later
+            // ones can't happen (losing it with none after is a prefix).
+            let fua = matches!(
+                log.get(fp + d),
+                Some(biofs::block::backend::LogEntry::Write { fua: true, .. })
+            );
+            if !fua {
+                states.push((fp, Some(d)));
+            }
         }
     }
     states
