@@ -9,7 +9,6 @@
 //! - no file shows bytes that are neither zeros nor its own data (no stale
 //!   or foreign blocks), and no read fails its integrity check.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use biofs::block::backend::BlockBackend;
@@ -66,7 +65,7 @@ fn workload(lw: &Arc<biofs::block::backend::LogWritesBackend>) -> Vec<Promise> {
     let fs = Fs::mount_dev(dev_on(lw.clone()), &opts()).unwrap();
     let c = Ctx::root();
     let mut promises = Vec::new();
-    let mut promise = |paths: Vec<(&'static str, Vec<Option<Vec<u8>>>)>| Promise {
+    let promise = |paths: Vec<(&'static str, Vec<Option<Vec<u8>>>)>| Promise {
         log_len: lw.entries().len(),
         paths,
     };
