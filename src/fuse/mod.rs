@@ -3,6 +3,12 @@
 //!
 //! - [`errno`]: the one mapping from the core's errors to FUSE replies.
 //! - [`convert`]: attributes, times, names and flag sets, both ways.
+//! - [`adapter`]: the `fuser::Filesystem` ([`FuseFs`]), request by request.
+//! - [`options`]: the `-o` mount options of `biofs` and mount(8).
 
+pub mod adapter;
 pub mod convert;
 pub mod errno;
+pub mod options;
+
+pub use adapter::{FuseConfig, FuseFs, STATS_XATTR};
