@@ -5,10 +5,13 @@
 //! - [`convert`]: attributes, times, names and flag sets, both ways.
 //! - [`adapter`]: the `fuser::Filesystem` ([`FuseFs`]), request by request.
 //! - [`options`]: the `-o` mount options of `biofs` and mount(8).
+//! - [`session`]: mounting, the event loops, and ending on a signal or an
+//!   unmount.
 
 pub mod adapter;
 pub mod convert;
 pub mod errno;
 pub mod options;
+pub mod session;
 
 pub use adapter::{FuseConfig, FuseFs, STATS_XATTR};

@@ -1,0 +1,148 @@
+//! Mounting a biofs and serving it until it is unmounted: by `umount`, or
+//! by SIGINT, SIGTERM or SIGHUP to the serving process.
+//!
+//! Ending is always the same path: the kernel's superblock goes away, the
+//! event loops read ENODEV and return, fuser calls `destroy`, and the
+//! adapter calls [`Fs::shutdown`] (everything written back, the superblock
+//! marked clean).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use super::adapter::FuseFs;
+use super::options::Options;
+use crate::fs::{Fs, FsResult};
+use crate::sys;
+
+/// The signals that end a mount.
+pub const END_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Block [`END_SIGNALS`] in the calling thread and every thread it starts
+/// later, for [`watch_signals`] to take. Call it before any thread is
+/// started (the core's included).
+pub fn block_end_signals() -> io::Result<()> {
+    sys::block_signals(&END_SIGNALS)
+}
+
+/// A biofs mounted through FUSE, not yet served.
+pub struct Mounted {
+    session: fuser::Session<FuseFs>,
+    ended: Arc<OnceLock<FsResult<()>>>,
+    fs: Arc<Fs>,
+}
+
+/// Mount `fs` on `mountpoint` as `fuse.biofs` from `fsname`. On return the
+/// kernel has the mount and the FUSE handshake is done: the filesystem is
+/// usable (its requests wait for [`Mounted::serve`]).
+///
+/// On failure the adapter has already shut `fs` down.
+pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io::Result<Mounted> {
+    let fuse = FuseFs::new(fs.clone(), opts.fuse);
+    let ended = fuse.shutdown_result();
+    let session = fuser::Session::new(fuse, mountpoint, &opts.fuser_config(fsname))?;
+    Ok(Mounted { session, ended, fs })
+}
+
+impl Mounted {
+    /// Serve requests until the filesystem is unmounted. Returns the
+    /// result of the shutdown that followed, as a message on failure.
+    pub fn serve(self) -> Result<(), String> {
+        let Mounted { session, ended, fs } = self;
+        let served = session.run();
+        // `destroy` ran when the session ended; if it somehow didn't, the
+        // filesystem is shut down here.
+        let shutdown = match ended.get() {
+            Some(r) => *r,
+            None => fs.shutdown(),
+        };
+        match (served, shutdown) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) => Err(format!("serving FUSE requests: {e}")),
+            (_, Err(e)) => Err(format!(
+                "shutdown: {e}; check the filesystem with fsck.biofs"
+            )),
+        }
+    }
+}
+
+/// Start the thread that ends the mount on `mountpoint` when one of
+/// [`END_SIGNALS`] (blocked with [`block_end_signals`]) arrives.
+///
+/// The first signal unmounts, as `umount` does; if files are open there
+/// (EBUSY) it detaches the mount instead (`umount -l`), and the process
+/// ends when the last of them is closed. A second signal ends it at once:
+/// `end_now` runs (for a mount, [`Fs::shutdown`]) and the process exits,
+/// 0 if it succeeded; files still open on the detached mount lose their
+/// connection (ENOTCONN).
+pub fn watch_signals<F>(mountpoint: PathBuf, end_now: F) -> io::Result<()>
+where
+    F: FnOnce() -> FsResult<()> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("biofs-signals".into())
+        .spawn(move || {
+            let sig = match sys::wait_signal(&END_SIGNALS) {
+                Ok(s) => s,
+                Err(e) => return log::error!("waiting for signals: {e}"),
+            };
+            log::info!("{}: unmounting {}", signal_name(sig), mountpoint.display());
+            unmount(&mountpoint);
+            let sig = match sys::wait_signal(&END_SIGNALS) {
+                Ok(s) => s,
+                Err(e) => return log::error!("waiting for signals: {e}"),
+            };
+            log::warn!("{}: ending now", signal_name(sig));
+            let code = match end_now() {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("shutdown: {e}; check the filesystem with fsck.biofs");
+                    1
+                }
+            };
+            std::process::exit(code);
+        })
+        .map(|_| ())
+}
+
+/// Unmount `mountpoint`, or detach it if busy; without the privilege to
+/// unmount (a user's mount, made by fusermount3), through `fusermount3 -u`.
+fn unmount(mountpoint: &Path) {
+    let err = match sys::umount(mountpoint, false) {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    match err.raw_os_error() {
+        Some(libc::EBUSY) => {
+            log::warn!(
+                "{} is busy: detached it; biofs ends when its last open file is \
+                 closed (signal again to end now)",
+                mountpoint.display()
+            );
+            if let Err(e) = sys::umount(mountpoint, true) {
+                log::error!("detaching {}: {e}", mountpoint.display());
+            }
+        }
+        // Unmounted already: the session is ending.
+        Some(libc::EINVAL) => {}
+        Some(libc::EPERM) => {
+            let r = std::process::Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(mountpoint)
+                .status();
+            if !r.is_ok_and(|s| s.success()) {
+                log::error!("fusermount3 -u {} failed", mountpoint.display());
+            }
+        }
+        _ => log::error!("unmounting {}: {err}", mountpoint.display()),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
