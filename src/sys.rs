@@ -642,6 +642,68 @@ pub fn umount(path: &Path, detach: bool) -> io::Result<()> {
     }
 }
 
+/// Open `/dev/fuse` and mount a FUSE filesystem served through it on
+/// `mountpoint`: `mount(2)` of type `fstype` (`fuse.SUBTYPE`, shown so in
+/// /proc/mounts) from `source`, with `flags` (`MS_*`) and the kernel FUSE
+/// options `options` (comma-separated: `default_permissions`,
+/// `allow_other`) besides the `fd=`, `rootmode=`, `user_id=` and
+/// `group_id=` the kernel needs. Returns the `/dev/fuse` descriptor (never
+/// 0, 1 or 2); the kernel's FUSE_INIT is waiting on it.
+///
+/// Fails with `EPERM` when not privileged (a user's mount goes through
+/// fusermount3), `ENOENT` (no `/dev/fuse` or mount point), `ENODEV`, ...
+pub fn fuse_mount(
+    source: &str,
+    mountpoint: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    options: &str,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?;
+    let mut fd = std::os::fd::OwnedFd::from(dev);
+    if fd.as_raw_fd() <= 2 {
+        // stdin, stdout or stderr was closed: a daemon's redirection of
+        // them would take the device away.
+        fd = fd.as_fd().try_clone_to_owned()?;
+    }
+    // SAFETY: getuid and getgid take nothing and can't fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid}",
+        fd.as_raw_fd(),
+        root_mode,
+    );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
+    let cstr =
+        |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let (src, ty, data) = (cstr(source)?, cstr(fstype)?, cstr(&data)?);
+    let target = path_cstring(mountpoint)?;
+    // SAFETY: all four strings are NUL-terminated and outlive the call; the
+    // data is the text FUSE's mount parses.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            data.as_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 fn path_cstring(path: &Path) -> io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(path.as_os_str().as_bytes())

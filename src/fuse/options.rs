@@ -164,9 +164,45 @@ fn number(key: &str, v: &str, min: usize, max: usize) -> Result<usize, String> {
 }
 
 impl Options {
-    /// fuser's session configuration: mounted as `fuse.biofs` from
-    /// `fsname`, always with `default_permissions` (the kernel checks
-    /// permissions; the core doesn't).
+    /// The `MS_*` flags of the mount: FUSE's `nodev,nosuid` unless `dev` or
+    /// `suid` is given.
+    pub fn ms_flags(&self) -> libc::c_ulong {
+        let mut f = 0;
+        let mut set = |on: bool, flag: libc::c_ulong| {
+            if on {
+                f |= flag;
+            }
+        };
+        set(self.fs.read_only, libc::MS_RDONLY);
+        set(self.dev != Some(true), libc::MS_NODEV);
+        set(self.suid != Some(true), libc::MS_NOSUID);
+        set(self.exec == Some(false), libc::MS_NOEXEC);
+        set(self.atime == Some(false), libc::MS_NOATIME);
+        f
+    }
+
+    /// The kernel FUSE options of the mount: always `default_permissions`
+    /// (the kernel checks permissions; the core doesn't).
+    pub fn kernel_options(&self) -> String {
+        let mut o = String::from("default_permissions");
+        if self.allow_other {
+            o.push_str(",allow_other");
+        }
+        o
+    }
+
+    /// Who fuser lets through (the kernel has checked already).
+    pub fn session_acl(&self) -> SessionACL {
+        if self.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        }
+    }
+
+    /// fuser's session configuration. Its mount options are used only when
+    /// fuser mounts (a user's mount, through fusermount3): mounted as
+    /// `fuse.biofs` from `fsname`, always with `default_permissions`.
     pub fn fuser_config(&self, fsname: &str) -> fuser::Config {
         let mut m = vec![
             MountOption::FSName(fsname.to_string()),
@@ -195,11 +231,7 @@ impl Options {
         }
         let mut c = fuser::Config::default();
         c.mount_options = m;
-        c.acl = if self.allow_other {
-            SessionACL::All
-        } else {
-            SessionACL::Owner
-        };
+        c.acl = self.session_acl();
         c.n_threads = Some(self.threads);
         c.clone_fd = true;
         c
@@ -301,7 +333,15 @@ mod tests {
 
     #[test]
     fn fuser_config_mounts_fuse_biofs_with_default_permissions() -> Result<(), String> {
-        let c = parse(&["ro,allow_other,threads=2,nodev,noexec"])?.fuser_config("/img");
+        let o = parse(&["ro,allow_other,threads=2,nodev,noexec"])?;
+        assert_eq!(
+            o.ms_flags(),
+            libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOEXEC
+        );
+        assert_eq!(o.kernel_options(), "default_permissions,allow_other");
+        let o2 = parse(&["dev,suid,noatime"])?;
+        assert_eq!(o2.ms_flags(), libc::MS_NOATIME);
+        let c = o.fuser_config("/img");
         let m = &c.mount_options;
         assert!(m.contains(&MountOption::FSName("/img".into())));
         assert!(m.contains(&MountOption::CUSTOM("subtype=biofs".into())));
@@ -314,7 +354,10 @@ mod tests {
         assert_eq!(c.n_threads, Some(2));
         assert!(c.clone_fd);
 
-        let c = parse::<&str>(&[])?.fuser_config("x");
+        let o = parse::<&str>(&[])?;
+        assert_eq!(o.ms_flags(), libc::MS_NODEV | libc::MS_NOSUID);
+        assert_eq!(o.kernel_options(), "default_permissions");
+        let c = o.fuser_config("x");
         assert!(c.mount_options.contains(&MountOption::RW));
         assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
         assert_eq!(c.acl, SessionACL::Owner);

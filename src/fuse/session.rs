@@ -36,11 +36,36 @@ pub struct Mounted {
 /// kernel has the mount and the FUSE handshake is done: the filesystem is
 /// usable (its requests wait for [`Mounted::serve`]).
 ///
+/// With the privilege to, biofs mounts itself and fuser only serves: fuser
+/// 0.18 unmounts its mount point again when a session it mounted ends,
+/// after the kernel has let the mount go, and so takes down whatever is
+/// mounted there then (a mount under ours, or the next one). Without it
+/// (a user's mount), fuser mounts through fusermount3.
+///
 /// On failure the adapter has already shut `fs` down.
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io::Result<Mounted> {
     let fuse = FuseFs::new(fs.clone(), opts.fuse);
     let ended = fuse.shutdown_result();
-    let session = fuser::Session::new(fuse, mountpoint, &opts.fuser_config(fsname))?;
+    let config = opts.fuser_config(fsname);
+    let mounted = sys::fuse_mount(
+        fsname,
+        mountpoint,
+        "fuse.biofs",
+        opts.ms_flags(),
+        &opts.kernel_options(),
+    );
+    let session = match mounted {
+        Ok(fd) => {
+            fuser::Session::from_fd(fuse, fd, opts.session_acl(), config).inspect_err(|_| {
+                // The mount is there, its handshake failed: take it away.
+                let _ = sys::umount(mountpoint, true);
+            })?
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            fuser::Session::new(fuse, mountpoint, &config)?
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Mounted { session, ended, fs })
 }
 
