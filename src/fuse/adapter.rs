@@ -25,7 +25,8 @@ use fuser::{
 
 use super::convert::{self, OpenFh, Seek, Xattr};
 use super::errno::{own, to_fuse};
-use crate::fs::{Attr, Ctx, DirEntryOut, Errno, Fs, FsResult, SetAttr};
+use super::readdir::DirReply;
+use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
 
 /// The virtual xattr of the root directory that holds [`Fs::stats`]:
 /// answered by the adapter, never stored, not listed, not settable.
@@ -36,18 +37,11 @@ pub const STATS_XATTR: &str = "trusted.biofs.stats";
 const ROOT: u64 = 1;
 
 /// How long the kernel may trust attributes and entries.
-const TTL: Duration = Duration::from_secs(1);
+pub(super) const TTL: Duration = Duration::from_secs(1);
 
 /// Largest write (and readahead) to negotiate: the kernel caps requests at
 /// `max_pages` (256 pages here), which fuser derives from these.
 const MAX_IO: u32 = 1 << 20;
-
-/// Entries asked of the core per readdir call: about what fits a page of
-/// plain entries (24 bytes and the name each) or of readdirplus entries
-/// (152 bytes and the name). A reply takes as many batches as fit the
-/// kernel's buffer.
-const READDIR_BATCH: usize = 128;
-const READDIRPLUS_BATCH: usize = 32;
 
 /// What the adapter negotiates with the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +63,7 @@ impl Default for FuseConfig {
 
 /// The FUSE filesystem of a mounted biofs.
 pub struct FuseFs {
-    fs: Arc<Fs>,
+    pub(super) fs: Arc<Fs>,
     cfg: FuseConfig,
     ended: Arc<OnceLock<FsResult<()>>>,
 }
@@ -113,106 +107,6 @@ impl FuseFs {
 
     fn stats_xattr(&self, ino: INodeNo, name: &OsStr) -> bool {
         ino.0 == ROOT && name.as_bytes() == STATS_XATTR.as_bytes()
-    }
-
-    /// Directory entries after `cookie` into `reply`, as many as fit;
-    /// readdirplus gives each one's attributes too.
-    fn fill_dir(&self, ino: u64, cookie: u64, mut reply: DirReply) {
-        let max = match reply {
-            DirReply::Plain(_) => READDIR_BATCH,
-            DirReply::Plus(_) => READDIRPLUS_BATCH,
-        };
-        let mut cookie = cookie;
-        let mut added = 0usize;
-        loop {
-            let batch = match self.fs.readdir(ino, cookie, max) {
-                Ok(b) => b,
-                // What was added stands; the error comes back next call.
-                Err(_) if added > 0 => return reply.ok(),
-                Err(e) => return reply.error(to_fuse(e)),
-            };
-            if batch.is_empty() {
-                return reply.ok();
-            }
-            for e in &batch {
-                match self.add_entry(ino, &mut reply, e) {
-                    Ok(Step::Added) => added += 1,
-                    Ok(Step::Skipped) => {}
-                    Ok(Step::Full) => return reply.ok(),
-                    Err(_) if added > 0 => return reply.ok(),
-                    Err(err) => return reply.error(to_fuse(err)),
-                }
-                cookie = e.cookie;
-            }
-        }
-    }
-
-    /// Add `e` of directory `dir` to `reply`. A readdirplus entry counts a
-    /// lookup of its inode (released by the kernel's FORGET), except "."
-    /// and "..", which the kernel doesn't keep; one that doesn't fit is
-    /// uncounted again.
-    fn add_entry(&self, dir: u64, reply: &mut DirReply, e: &DirEntryOut) -> FsResult<Step> {
-        let name = OsStr::from_bytes(&e.name);
-        let full = match reply {
-            DirReply::Plain(r) => r.add(INodeNo(e.ino), e.cookie, convert::file_type(e.kind), name),
-            DirReply::Plus(r) if convert::is_dot(&e.name) => {
-                let a = convert::dot_attr(e.ino, e.kind);
-                r.add(INodeNo(e.ino), e.cookie, name, &TTL, &a, Generation(0))
-            }
-            DirReply::Plus(r) => {
-                let a = match self.fs.lookup(dir, &e.name) {
-                    Ok(a) => a,
-                    // Removed since the core listed it.
-                    Err(Errno::ENOENT) => return Ok(Step::Skipped),
-                    Err(err) => return Err(err),
-                };
-                let gen = Generation(u64::from(a.generation));
-                let full = r.add(
-                    INodeNo(a.ino),
-                    e.cookie,
-                    name,
-                    &TTL,
-                    &convert::file_attr(&a),
-                    gen,
-                );
-                if full {
-                    // Not sent: the kernel won't forget it.
-                    self.fs.forget(a.ino, 1);
-                }
-                full
-            }
-        };
-        Ok(if full { Step::Full } else { Step::Added })
-    }
-}
-
-/// What became of one directory entry.
-enum Step {
-    Added,
-    Skipped,
-    /// It did not fit: the reply is full.
-    Full,
-}
-
-/// A readdir or readdirplus reply being filled.
-enum DirReply {
-    Plain(ReplyDirectory),
-    Plus(ReplyDirectoryPlus),
-}
-
-impl DirReply {
-    fn ok(self) {
-        match self {
-            DirReply::Plain(r) => r.ok(),
-            DirReply::Plus(r) => r.ok(),
-        }
-    }
-
-    fn error(self, e: fuser::Errno) {
-        match self {
-            DirReply::Plain(r) => r.error(e),
-            DirReply::Plus(r) => r.error(e),
-        }
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`errno`]: the one mapping from the core's errors to FUSE replies.
 //! - [`convert`]: attributes, times, names and flag sets, both ways.
-//! - [`adapter`]: the `fuser::Filesystem` ([`FuseFs`]), request by request.
+//! - [`adapter`]: the `fuser::Filesystem` ([`FuseFs`]), request by request;
+//!   `readdir` fills its directory replies.
 //! - [`options`]: the `-o` mount options of `biofs` and mount(8).
 //! - [`session`]: mounting, the event loops, and ending on a signal or an
 //!   unmount.
@@ -12,6 +13,7 @@ pub mod adapter;
 pub mod convert;
 pub mod errno;
 pub mod options;
+mod readdir;
 pub mod session;
 
 pub use adapter::{FuseConfig, FuseFs, STATS_XATTR};
