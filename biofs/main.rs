@@ -340,8 +340,13 @@ fn run(args: &Args, ready: &mut Ready) -> Result<(), String> {
     // signals to the watcher.
     session::block_end_signals().map_err(|e| format!("blocking signals: {e}"))?;
 
-    let fs = Fs::mount(&target, &opts.fs)
-        .map_err(|e| format!("cannot mount {}: {}", target.display(), mount_error(e)))?;
+    let fs = Fs::mount(&target, &opts.fs).map_err(|e| {
+        format!(
+            "cannot mount {}: {}",
+            target.display(),
+            mount_error(e, &target)
+        )
+    })?;
     let fs = Arc::new(fs);
     if fs.is_read_only() && !opts.fs.read_only {
         log::warn!("{}: mounted read-only", target.display());
@@ -363,12 +368,15 @@ fn run(args: &Args, ready: &mut Ready) -> Result<(), String> {
     Ok(())
 }
 
-/// One line for a mount error of the core.
-fn mount_error(e: MountError) -> String {
-    match e {
-        MountError::Io(e) => os_message(&e),
-        MountError::Format(e) => e.to_string(),
-    }
+/// One line for a mount error of the core (which may name `target`
+/// itself).
+fn mount_error(e: MountError, target: &Path) -> String {
+    let s = match e {
+        MountError::Io(e) => return os_message(&e),
+        other => other.to_string(),
+    };
+    let named = format!("{}: ", target.display());
+    s.strip_prefix(&named).map(str::to_string).unwrap_or(s)
 }
 
 /// An I/O error as a person reads it: the errors a mount meets said
