@@ -23,6 +23,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::acl;
 use super::convert::{self, OpenFh, Seek, Xattr};
 use super::errno::{own, to_fuse};
 use super::readdir::DirReply;
@@ -100,9 +101,30 @@ impl FuseFs {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
         if cfg.posix_acl {
-            want |= InitFlags::FUSE_POSIX_ACL;
+            // The umask comes apart from the mode: a default ACL replaces it.
+            want |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
         }
         want
+    }
+
+    /// Make a new inode (`make` is given the mode to create it with):
+    /// under `-o acl`, with the mode and ACLs its directory's default ACL
+    /// gives, or else the umask (the kernel leaves both to us then);
+    /// otherwise as asked (the kernel has applied the umask).
+    fn make_inode(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        make: impl FnOnce(u32) -> FsResult<Attr>,
+    ) -> FsResult<Attr> {
+        if !self.cfg.posix_acl {
+            return make(mode);
+        }
+        let (mode, inherit) = self.acl_create_mode(parent, mode, umask)?;
+        let a = make(mode)?;
+        self.acl_inherit(a.ino, a.kind, inherit);
+        Ok(a)
     }
 
     fn stats_xattr(&self, ino: INodeNo, name: &OsStr) -> bool {
@@ -274,13 +296,15 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         guarded("mknod", || {
             let name = name_or_reply!(name, reply);
-            let r = self.fs.mknod(&ctx(req), parent.0, name, mode, rdev);
+            let r = self.make_inode(parent.0, mode, umask, |mode| {
+                self.fs.mknod(&ctx(req), parent.0, name, mode, rdev)
+            });
             reply_entry(reply, r);
         });
     }
@@ -291,12 +315,15 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
             let name = name_or_reply!(name, reply);
-            reply_entry(reply, self.fs.mkdir(&ctx(req), parent.0, name, mode));
+            let r = self.make_inode(parent.0, mode, umask, |mode| {
+                self.fs.mkdir(&ctx(req), parent.0, name, mode)
+            });
+            reply_entry(reply, r);
         });
     }
 
@@ -542,7 +569,7 @@ impl Filesystem for FuseFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -557,7 +584,11 @@ impl Filesystem for FuseFs {
             if position != 0 {
                 return reply.error(own(libc::EINVAL));
             }
-            let r = self.fs.setxattr(ino.0, name.as_bytes(), value, flags);
+            let r = if self.cfg.posix_acl && name.as_bytes() == acl::ACCESS {
+                self.acl_set_access(&ctx(req), ino.0, value)
+            } else {
+                self.fs.setxattr(ino.0, name.as_bytes(), value, flags)
+            };
             reply_empty(reply, r);
         });
     }
@@ -602,13 +633,16 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         guarded("create", || {
             let name = name_or_reply!(name, reply);
-            match self.fs.create(&ctx(req), parent.0, name, mode) {
+            let r = self.make_inode(parent.0, mode, umask, |mode| {
+                self.fs.create(&ctx(req), parent.0, name, mode)
+            });
+            match r {
                 Ok(a) => reply.created(
                     &TTL,
                     &convert::file_attr(&a),
@@ -689,14 +723,15 @@ mod tests {
             assert!(on.contains(f), "{f:?}");
         }
         assert!(!on.contains(InitFlags::FUSE_POSIX_ACL));
+        // Without -o acl the kernel applies the umask.
+        assert!(!on.contains(InitFlags::FUSE_DONT_MASK));
         let off = FuseFs::wanted_capabilities(FuseConfig {
             writeback_cache: false,
             posix_acl: true,
         });
         assert!(!off.contains(InitFlags::FUSE_WRITEBACK_CACHE));
         assert!(off.contains(InitFlags::FUSE_POSIX_ACL));
-        // Never the umask handover: the kernel applies the umask.
-        assert!(!off.contains(InitFlags::FUSE_DONT_MASK));
+        assert!(off.contains(InitFlags::FUSE_DONT_MASK));
     }
 
     #[test]

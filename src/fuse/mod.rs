@@ -5,10 +5,13 @@
 //! - [`convert`]: attributes, times, names and flag sets, both ways.
 //! - [`adapter`]: the `fuser::Filesystem` ([`FuseFs`]), request by request;
 //!   `readdir` fills its directory replies.
+//! - `acl`: POSIX ACLs under `-o acl`, the part FUSE leaves to the
+//!   filesystem (the mode kept in step, default ACLs inherited).
 //! - [`options`]: the `-o` mount options of `biofs` and mount(8).
 //! - [`session`]: mounting, the event loops, and ending on a signal or an
 //!   unmount.
 
+mod acl;
 pub mod adapter;
 pub mod convert;
 pub mod errno;
