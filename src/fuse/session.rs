@@ -66,7 +66,48 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io
         }
         Err(e) => return Err(e),
     };
+    if let Err(e) = raise_readahead(mountpoint, READAHEAD_KB) {
+        log::debug!("readahead of {}: {e}", mountpoint.display());
+    }
     Ok(Mounted { session, ended, fs })
+}
+
+/// The readahead to give the mount: one largest FUSE request.
+const READAHEAD_KB: u32 = 1024;
+
+/// Raise the readahead of the mount on `mountpoint` to `kb`. The kernel
+/// starts a FUSE mount's at its default (128 KiB) and lets FUSE_INIT only
+/// lower it, so buffered reads would reach biofs 128 KiB at a time; the
+/// mount's backing device info (`/sys/class/bdi/MAJOR:MINOR`) takes more
+/// (root only). Found through /proc/self/mountinfo: a stat of the mount
+/// point would wait for a session not yet served.
+fn raise_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let dev = mountinfo_dev(&info, mountpoint)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in /proc/self/mountinfo"))?;
+    std::fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        kb.to_string(),
+    )
+}
+
+/// The `MAJOR:MINOR` of the last mount on `mountpoint` in a mountinfo
+/// text (whose paths escape space, tab, newline and backslash as octal).
+fn mountinfo_dev<'a>(info: &'a str, mountpoint: &Path) -> Option<&'a str> {
+    let mut want = String::new();
+    for c in mountpoint.to_string_lossy().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => want.push_str(&format!("\\{:03o}", c as u32)),
+            c => want.push(c),
+        }
+    }
+    info.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let dev = f.nth(2)?;
+            (f.nth(1)? == want).then_some(dev)
+        })
+        .next_back()
 }
 
 impl Mounted {
@@ -169,5 +210,25 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGTERM => "SIGTERM",
         libc::SIGHUP => "SIGHUP",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_finds_the_last_mount_on_a_path() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:39 / /mnt/a\\040b rw,nosuid,nodev - fuse.biofs /img rw
+41 22 0:40 / /mnt/a rw - tmpfs tmpfs rw
+42 40 0:41 / /mnt/a\\040b rw - fuse.biofs /img2 rw
+";
+        assert_eq!(mountinfo_dev(info, Path::new("/mnt/a b")), Some("0:41"));
+        assert_eq!(mountinfo_dev(info, Path::new("/mnt/a")), Some("0:40"));
+        assert_eq!(mountinfo_dev(info, Path::new("/")), Some("8:1"));
+        assert_eq!(mountinfo_dev(info, Path::new("/mnt")), None);
+        assert_eq!(mountinfo_dev("", Path::new("/")), None);
     }
 }
