@@ -65,8 +65,10 @@ OPTIONS
         allow_other
             Let users other than the one who mounted use the filesystem.
         acl, noacl
-            Enforce POSIX access control lists, kept in the extended
-            attributes system.posix_acl_access and _default (default: off).
+            Enforce POSIX access control lists (setfacl, getfacl), kept
+            in the extended attributes system.posix_acl_access and
+            system.posix_acl_default; a new file or directory takes its
+            directory's default ACL instead of the umask (default: off).
         fsname=NAME
             The mount's source in /proc/mounts (default: TARGET).
         cache_size=SIZE
@@ -84,7 +86,7 @@ OPTIONS
             cached in the kernel and passed on in large batches).
         commit=SECS
             Seconds between background journal commits and writeback of
-            dirty data (default 5; 0 is the default).
+            dirty data (default 5; 0 means the default).
         log=FILE
             Once the mount is ready, append log messages to FILE instead
             of discarding them (in the background) or printing them to
