@@ -67,6 +67,9 @@ pub struct FuseFs {
     pub(super) fs: Arc<Fs>,
     cfg: FuseConfig,
     ended: Arc<OnceLock<FsResult<()>>>,
+    /// Set when the writeback cache is on and another thread can serve the
+    /// writes an invalidation causes: see [`FuseFs::write_back_cached`].
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl FuseFs {
@@ -75,6 +78,28 @@ impl FuseFs {
             fs,
             cfg,
             ended: Arc::new(OnceLock::new()),
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where the session's notifier goes once there is one (for
+    /// [`FuseFs::write_back_cached`]; without it lseek asks the core only).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Have the kernel write back (and drop) its cached pages of `ino`
+    /// from `off` on, so that the core sees the data and size an lseek
+    /// asks about: with the writeback cache, written data may still be
+    /// only in the kernel, and FUSE sends SEEK_DATA/SEEK_HOLE without
+    /// writing it back first (`fuse_lseek()`). The invalidation waits for
+    /// those writes, which other event-loop threads serve.
+    fn write_back_cached(&self, ino: u64, off: u64) {
+        if let Some(n) = self.notifier.get() {
+            let page = i64::try_from(off & !4095).unwrap_or(i64::MAX);
+            if let Err(e) = n.inval_inode(INodeNo(ino), page, 0) {
+                log::debug!("inode {ino}: invalidating its cached pages: {e}");
+            }
         }
     }
 
@@ -277,7 +302,7 @@ impl Filesystem for FuseFs {
                 size,
                 atime: atime.map(convert::time_set),
                 mtime: mtime.map(convert::time_set),
-                ctime: ctime.map(convert::timespec),
+                ctime: ctime.map(convert::request_timespec),
             };
             reply_attr(reply, self.fs.setattr(&ctx(req), ino.0, &set));
         });
@@ -691,10 +716,13 @@ impl Filesystem for FuseFs {
                     Ok(a) => convert::seek_end(a.size, off),
                     Err(e) => Err(to_fuse(e)),
                 },
-                Ok(Seek::Core(off, w)) => match self.fs.lseek(ino.0, off, w) {
-                    Ok(r) => i64::try_from(r).map_err(|_| own(libc::EOVERFLOW)),
-                    Err(e) => Err(to_fuse(e)),
-                },
+                Ok(Seek::Core(off, w)) => {
+                    self.write_back_cached(ino.0, off);
+                    match self.fs.lseek(ino.0, off, w) {
+                        Ok(r) => i64::try_from(r).map_err(|_| own(libc::EOVERFLOW)),
+                        Err(e) => Err(to_fuse(e)),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match r {

@@ -60,11 +60,29 @@ pub fn timespec(t: SystemTime) -> Timespec {
     }
 }
 
+/// A time from a setattr request. fuser 0.18 builds a time before 1970,
+/// (-s, n) on the wire, as the epoch minus (s + n ns), where it is the
+/// epoch minus s plus n ns (`system_time_from_time()`, src/time.rs: "TODO:
+/// 1_000_000_000 - nsec"): this reads it back as the kernel sent it. Its
+/// replies convert correctly ([`system_time`] and fuser's reverse agree).
+pub fn request_timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(_) => timespec(t),
+        Err(e) => {
+            let d = e.duration();
+            Timespec {
+                sec: -i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nsec: d.subsec_nanos(),
+            }
+        }
+    }
+}
+
 /// A `utimensat` time of a setattr.
 pub fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(t) => TimeSet::At(timespec(t)),
+        TimeOrNow::SpecificTime(t) => TimeSet::At(request_timespec(t)),
     }
 }
 
@@ -343,6 +361,29 @@ mod tests {
             sec: i64::MIN,
             nsec: u32::MAX,
         });
+    }
+
+    /// What fuser 0.18 makes of (sec, nsec) from the kernel.
+    fn fuser_request_time(sec: i64, nsec: u32) -> SystemTime {
+        if sec >= 0 {
+            UNIX_EPOCH + Duration::new(sec as u64, nsec)
+        } else {
+            UNIX_EPOCH - Duration::new(sec.unsigned_abs(), nsec)
+        }
+    }
+
+    /// Found by tests/mount_attr: utimensat to -1000000 s + 5 ns came back
+    /// as -1000001 s + 999999995 ns.
+    #[test]
+    fn request_times_before_1970_read_as_the_kernel_sent_them() {
+        for (sec, nsec) in [(-1_000_000, 5), (-1, 999_999_999), (-7, 0), (0, 3), (42, 1)] {
+            let t = fuser_request_time(sec, nsec);
+            assert_eq!(request_timespec(t), Timespec { sec, nsec }, "{sec} {nsec}");
+            assert_eq!(
+                time_set(TimeOrNow::SpecificTime(t)),
+                TimeSet::At(Timespec { sec, nsec })
+            );
+        }
     }
 
     #[test]

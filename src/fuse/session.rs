@@ -46,6 +46,7 @@ pub struct Mounted {
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io::Result<Mounted> {
     let fuse = FuseFs::new(fs.clone(), opts.fuse);
     let ended = fuse.shutdown_result();
+    let notifier = fuse.notifier_slot();
     let config = opts.fuser_config(fsname);
     let mounted = sys::fuse_mount(
         fsname,
@@ -66,6 +67,11 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io
         }
         Err(e) => return Err(e),
     };
+    // With one thread, the writes an invalidation waits for would wait
+    // for that same thread: lseek then asks the core only.
+    if opts.fuse.writeback_cache && opts.threads > 1 {
+        let _ = notifier.set(session.notifier());
+    }
     if let Err(e) = raise_readahead(mountpoint, READAHEAD_KB) {
         log::debug!("readahead of {}: {e}", mountpoint.display());
     }
