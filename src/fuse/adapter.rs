@@ -26,6 +26,7 @@ use fuser::{
 use super::acl;
 use super::convert::{self, OpenFh, Seek, Xattr};
 use super::errno::{own, to_fuse};
+use super::flush::Flusher;
 use super::readdir::DirReply;
 use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
 
@@ -67,9 +68,9 @@ pub struct FuseFs {
     pub(super) fs: Arc<Fs>,
     cfg: FuseConfig,
     ended: Arc<OnceLock<FsResult<()>>>,
-    /// Set when the writeback cache is on and another thread can serve the
+    /// Set when the writeback cache is on and other threads can serve the
     /// writes an invalidation causes: see [`FuseFs::write_back_cached`].
-    notifier: Arc<OnceLock<fuser::Notifier>>,
+    pub(super) flusher: Arc<OnceLock<Flusher>>,
 }
 
 impl FuseFs {
@@ -78,29 +79,14 @@ impl FuseFs {
             fs,
             cfg,
             ended: Arc::new(OnceLock::new()),
-            notifier: Arc::new(OnceLock::new()),
+            flusher: Arc::new(OnceLock::new()),
         }
     }
 
-    /// Where the session's notifier goes once there is one (for
+    /// Where the session's [`Flusher`] goes once there is one (for
     /// [`FuseFs::write_back_cached`]; without it lseek asks the core only).
-    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
-        self.notifier.clone()
-    }
-
-    /// Have the kernel write back (and drop) its cached pages of `ino`
-    /// from `off` on, so that the core sees the data and size an lseek
-    /// asks about: with the writeback cache, written data may still be
-    /// only in the kernel, and FUSE sends SEEK_DATA/SEEK_HOLE without
-    /// writing it back first (`fuse_lseek()`). The invalidation waits for
-    /// those writes, which other event-loop threads serve.
-    fn write_back_cached(&self, ino: u64, off: u64) {
-        if let Some(n) = self.notifier.get() {
-            let page = i64::try_from(off & !4095).unwrap_or(i64::MAX);
-            if let Err(e) = n.inval_inode(INodeNo(ino), page, 0) {
-                log::debug!("inode {ino}: invalidating its cached pages: {e}");
-            }
-        }
+    pub(super) fn flusher_slot(&self) -> Arc<OnceLock<Flusher>> {
+        self.flusher.clone()
     }
 
     /// Where `destroy` leaves the result of [`Fs::shutdown`] (empty until

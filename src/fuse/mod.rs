@@ -15,6 +15,7 @@ mod acl;
 pub mod adapter;
 pub mod convert;
 pub mod errno;
+mod flush;
 pub mod options;
 mod readdir;
 pub mod session;

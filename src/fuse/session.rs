@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use super::adapter::FuseFs;
+use super::flush::Flusher;
 use super::options::Options;
 use crate::fs::{Fs, FsResult};
 use crate::sys;
@@ -46,7 +47,7 @@ pub struct Mounted {
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io::Result<Mounted> {
     let fuse = FuseFs::new(fs.clone(), opts.fuse);
     let ended = fuse.shutdown_result();
-    let notifier = fuse.notifier_slot();
+    let flusher = fuse.flusher_slot();
     let config = opts.fuser_config(fsname);
     let mounted = sys::fuse_mount(
         fsname,
@@ -67,10 +68,10 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io
         }
         Err(e) => return Err(e),
     };
-    // With one thread, the writes an invalidation waits for would wait
-    // for that same thread: lseek then asks the core only.
-    if opts.fuse.writeback_cache && opts.threads > 1 {
-        let _ = notifier.set(session.notifier());
+    if opts.fuse.writeback_cache {
+        if let Some(f) = Flusher::new(session.notifier(), opts.threads) {
+            let _ = flusher.set(f);
+        }
     }
     if let Err(e) = raise_readahead(mountpoint, READAHEAD_KB) {
         log::debug!("readahead of {}: {e}", mountpoint.display());
