@@ -12,7 +12,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const BIOFS: &str = env!("CARGO_BIN_EXE_biofs");
@@ -24,6 +24,10 @@ pub const DEFAULT_SIZE: &str = "512M";
 /// How long the mount may take to appear, and `biofs` to exit after umount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test may keep its mount before biofs is killed, so that a
+/// hung request fails the test (ENOTCONN) instead of hanging the run.
+/// `BIOFS_TEST_TIMEOUT` (seconds) overrides it.
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Directory of the filesystem under test when not mounting biofs.
 pub const ENV_DIR: &str = "BIOFS_TEST_DIR";
@@ -56,6 +60,34 @@ struct Fuse {
     image: PathBuf,
     options: Vec<String>,
     child: Option<Child>,
+    /// biofs's pid while the watchdog may kill it; cleared before the
+    /// child is reaped, so the pid can't have been reused.
+    watchdog: Option<Arc<Mutex<Option<u32>>>>,
+}
+
+/// Kills `pid` unless disarmed (set to `None`) within the test timeout.
+fn arm_watchdog(pid: u32) -> Arc<Mutex<Option<u32>>> {
+    let armed = Arc::new(Mutex::new(Some(pid)));
+    let a = Arc::clone(&armed);
+    let limit = std::env::var("BIOFS_TEST_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(TEST_TIMEOUT, Duration::from_secs);
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(100));
+            if a.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                return;
+            }
+        }
+        let armed = a.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pid) = *armed {
+            eprintln!("biofs (pid {pid}) still mounted after {limit:?}: killed so the test fails instead of hanging");
+            let _ = super::posix::kill9(pid);
+        }
+    });
+    armed
 }
 
 impl Mounted {
@@ -114,8 +146,7 @@ impl Mounted {
             println!("skipped: /dev/fuse is missing (set {ENV_DIR} to run against a directory)");
             return None;
         }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if super::posix::geteuid() != 0 {
             println!("skipped: mounting needs root (set {ENV_DIR} to run against a directory)");
             return None;
         }
@@ -146,6 +177,7 @@ impl Mounted {
                 image,
                 options: options.iter().map(|s| s.to_string()).collect(),
                 child: None,
+                watchdog: None,
             }),
         };
         m.mount();
@@ -177,8 +209,7 @@ impl Mounted {
     /// directory mode, `sync(2)` only.
     pub fn remount(&mut self) {
         if !self.is_biofs() {
-            // SAFETY: sync has no preconditions.
-            unsafe { libc::sync() };
+            super::posix::sync();
             return;
         }
         self.unmount(true);
@@ -230,6 +261,9 @@ impl Mounted {
         loop {
             if let Ok(md) = fs::metadata(&root) {
                 if md.dev() != parent_dev {
+                    let f = self.fuse_mut();
+                    let pid = f.child.as_ref().map(Child::id);
+                    f.watchdog = pid.map(arm_watchdog);
                     return;
                 }
             }
@@ -248,7 +282,15 @@ impl Mounted {
         }
     }
 
+    /// Stop the watchdog: after this the child may be reaped.
+    fn disarm(&mut self) {
+        if let Some(w) = self.fuse_mut().watchdog.take() {
+            *w.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
     fn kill_child(&mut self) {
+        self.disarm();
         if let Some(mut c) = self.fuse_mut().child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -272,6 +314,7 @@ impl Mounted {
                 }
             }
         }
+        self.disarm();
         let start = Instant::now();
         let status = loop {
             let Some(c) = self.fuse_mut().child.as_mut() else {

@@ -33,6 +33,23 @@ fn cvt_size(ret: isize) -> io::Result<usize> {
     }
 }
 
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `sync(2)`.
+pub fn sync() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() }
+}
+
+/// `kill(2)` with SIGKILL.
+pub fn kill9(pid: u32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }).map(drop)
+}
+
 /// `renameat2(2)` with `libc::RENAME_NOREPLACE` / `RENAME_EXCHANGE`.
 pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     let (f, t) = (cpath(from), cpath(to));
