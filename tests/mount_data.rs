@@ -706,6 +706,12 @@ fn seek_data_and_hole_past_eof_is_enxio() {
 
 /// biofs maps logical blocks below 2^32 (16 TiB); ext4 with 4 KiB blocks
 /// stops one block short of that. Only what both agree on is checked.
+///
+/// The write past the limit is O_DIRECT: the kernel knows no FUSE
+/// filesystem's maximum size (its `s_maxbytes` is `MAX_LFS_FILESIZE`), so
+/// with the writeback cache a buffered write there lands in the page cache
+/// and only its writeback can fail. An O_DIRECT write and a truncate reach
+/// the filesystem in every cache mode.
 #[test]
 fn writes_past_the_maximum_file_size_fail_with_efbig() {
     let m = mount!();
@@ -721,7 +727,19 @@ fn writes_past_the_maximum_file_size_fail_with_efbig() {
         "write in the last block ext4 allows",
     );
     assert_eq!(ok(f.metadata(), "fstat").len(), LIMIT - 4096);
-    expect_errno(f.write_at(b"x", LIMIT), libc::EFBIG, "write at 16 TiB");
+    let direct = ok(
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&p),
+        "open O_DIRECT",
+    );
+    let page = AlignedBuf::from_slice(&data(1, 4096));
+    expect_errno(
+        direct.write_at(page.as_slice(), LIMIT),
+        libc::EFBIG,
+        "O_DIRECT write at 16 TiB",
+    );
     expect_errno(
         f.set_len(LIMIT + 4096),
         libc::EFBIG,
