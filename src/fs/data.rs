@@ -679,10 +679,10 @@ impl DataCtx<'_> {
         Ok(())
     }
 
-    /// Zero bytes `[from, to)` of the page holding `from` (within one
-    /// page), loading it if it holds data.
+    /// Zero bytes `[from, to)` of the page holding `from` (up to that
+    /// page's end), loading it first if it holds data.
     fn zero_partial(&self, fc: &FileCache, ino: u64, from: u64, to: u64, pid: u32) -> FsResult<()> {
-        if from % BLOCK_SIZE_U64 == 0 || to <= from {
+        if to <= from {
             return Ok(());
         }
         let i = from / BLOCK_SIZE_U64;

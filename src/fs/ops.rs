@@ -76,15 +76,29 @@ impl Core {
     fn sync(&self, ioprio: IoPrio) -> FsResult<()> {
         let _c = lock(&self.commit_lock);
         let mut first_err = None;
+        let mut no_space = Vec::new();
         for ino in self.cache.dirty_files() {
-            if let Err(e) = self.data().writeback(ino, ioprio) {
-                first_err.get_or_insert(e);
+            match self.data().writeback(ino, ioprio) {
+                Ok(()) => {}
+                Err(Errno::ENOSPC) => no_space.push(ino),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        let committed = {
-            let _b = write_lock(&self.barrier);
-            lock(&self.meta).commit()?
-        };
+        let mut committed = self.commit_now()?;
+        if !no_space.is_empty() && committed {
+            // Blocks freed in the transaction just committed are usable
+            // now: try those files again (as ext4 retries after a commit).
+            for ino in no_space {
+                if let Err(e) = self.data().writeback(ino, ioprio) {
+                    first_err.get_or_insert(e);
+                }
+            }
+            committed = self.commit_now()? || committed;
+        } else if !no_space.is_empty() {
+            first_err.get_or_insert(Errno::ENOSPC);
+        }
         self.want_commit.store(false, Ordering::Relaxed);
         if !committed && !self.dev.is_read_only() {
             self.dev.flush().map_err(|e| {
@@ -94,6 +108,12 @@ impl Core {
         }
         self.cache.shrink();
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Commit the running transaction (no writeback may be in flight).
+    fn commit_now(&self) -> FsResult<bool> {
+        let _b = write_lock(&self.barrier);
+        lock(&self.meta).commit()
     }
 
     /// After a change: commit if the running transaction grew big, write
@@ -477,8 +497,17 @@ impl Fs {
         if self.read_only {
             return Ok(());
         }
-        self.core.data().writeback(ino, IoPrio::DEFAULT)?;
-        self.core.sync(IoPrio::DEFAULT)
+        // ENOSPC may be blocks freed but not yet committed: the commit in
+        // `sync` frees them and writes back again.
+        match self.core.data().writeback(ino, IoPrio::DEFAULT) {
+            Ok(()) | Err(Errno::ENOSPC) => {}
+            Err(e) => return Err(e),
+        }
+        self.core.sync(IoPrio::DEFAULT)?;
+        if self.core.cache.dirty_files().contains(&ino) {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
     }
 
     /// Make everything durable.

@@ -510,7 +510,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         guarded("fsync", || {
-            reply_empty(reply, self.fs.fsync(ino.0, datasync))
+            let r = self.fs.fsync(ino.0, datasync);
+            self.invalidate_attrs(ino.0);
+            reply_empty(reply, r)
         });
     }
 
@@ -682,6 +684,7 @@ impl Filesystem for FuseFs {
                 Err(e) => return reply.error(e),
             };
             let r = self.fs.fallocate(&ctx(req), ino.0, offset, length, mode);
+            self.invalidate_attrs(ino.0);
             reply_empty(reply, r);
         });
     }

@@ -18,13 +18,19 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    /// For a session of `threads` event-loop threads; `None` for one
-    /// thread, which could never serve the writes it waited for.
-    pub(super) fn new(notifier: fuser::Notifier, threads: usize) -> Option<Flusher> {
-        (threads > 1).then(|| Flusher {
+    /// For a session of `threads` event-loop threads (one thread could
+    /// never serve the writes it waited for: it gets no slot). Without
+    /// the writeback cache there is nothing to write back: no slot either.
+    pub(super) fn new(notifier: fuser::Notifier, threads: usize, writeback_cache: bool) -> Flusher {
+        let slots = if writeback_cache {
+            threads.saturating_sub(1)
+        } else {
+            0
+        };
+        Flusher {
             notifier,
-            slots: Slots(AtomicUsize::new(threads - 1)),
-        })
+            slots: Slots(AtomicUsize::new(slots)),
+        }
     }
 }
 
@@ -50,6 +56,17 @@ impl Drop for SlotGuard<'_> {
 }
 
 impl FuseFs {
+    /// Have the kernel drop its cached attributes of `ino` (not its
+    /// pages): after an fsync or fallocate changed the blocks a file
+    /// holds, `stat` must show them at once, as on a kernel filesystem.
+    pub(super) fn invalidate_attrs(&self, ino: u64) {
+        if let Some(f) = self.flusher.get() {
+            if let Err(e) = f.notifier.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("inode {ino}: invalidating its attributes: {e}");
+            }
+        }
+    }
+
     /// Have the kernel write back (and drop) its cached pages of `ino`
     /// from `off` on, so that the core sees the data and size an lseek
     /// asks about: with the writeback cache, written data may still be

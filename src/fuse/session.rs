@@ -68,11 +68,11 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io
         }
         Err(e) => return Err(e),
     };
-    if opts.fuse.writeback_cache {
-        if let Some(f) = Flusher::new(session.notifier(), opts.threads) {
-            let _ = flusher.set(f);
-        }
-    }
+    let _ = flusher.set(Flusher::new(
+        session.notifier(),
+        opts.threads,
+        opts.fuse.writeback_cache,
+    ));
     if let Err(e) = raise_readahead(mountpoint, READAHEAD_KB) {
         log::debug!("readahead of {}: {e}", mountpoint.display());
     }
