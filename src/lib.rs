@@ -13,4 +13,5 @@
 pub mod block;
 pub mod format;
 pub mod fs;
+pub mod fuse;
 pub mod sys;

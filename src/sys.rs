@@ -549,6 +549,204 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// The mount daemon: fork, signals, unmount, xattrs of a path.
+// ---------------------------------------------------------------------------
+
+/// The number of threads of this process, from `/proc/self/status`.
+fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Threads in status"))
+}
+
+/// `fork(2)`, refused (`EBUSY`) unless this process has one thread: a
+/// child of a multi-threaded process may find locks held forever by
+/// threads it does not have. Returns the child's pid in the parent, `None`
+/// in the child.
+pub fn fork_single_threaded() -> io::Result<Option<i32>> {
+    if thread_count()? != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "fork with more than one thread running",
+        ));
+    }
+    // SAFETY: the process has a single thread (checked above; nothing in
+    // between starts one), so the child inherits no lock another thread
+    // holds and may go on to run any code.
+    match unsafe { nix::unistd::fork() }.map_err(errno_err)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(None),
+    }
+}
+
+fn sigset(signals: &[i32]) -> io::Result<libc::sigset_t> {
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset
+    // fails (EINVAL) on an invalid signal number, which is returned.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            if libc::sigaddset(&mut set, s) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// Block `signals` in the calling thread, and so in every thread it starts
+/// afterwards (`pthread_sigmask(SIG_BLOCK)`), for [`wait_signal`] to take.
+pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+    let set = sigset(signals)?;
+    // SAFETY: `set` is an initialised signal set; the old mask isn't asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Wait for one of `signals` (blocked with [`block_signals`]) and return it
+/// (`sigwait(3)`).
+pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
+    let set = sigset(signals)?;
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid place for the result.
+    let r = unsafe { libc::sigwait(&set, &mut sig) };
+    if r == 0 {
+        Ok(sig)
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// `umount2(2)` of `path` (not following a symlink there); `detach`: a lazy
+/// unmount (`MNT_DETACH`), which succeeds while files are open.
+///
+/// Fails with `EBUSY` (files open, without `detach`), `EINVAL` (not a
+/// mount point), `EPERM` (not privileged).
+pub fn umount(path: &Path, detach: bool) -> io::Result<()> {
+    let c = path_cstring(path)?;
+    let flags = libc::UMOUNT_NOFOLLOW | if detach { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Open `/dev/fuse` and mount a FUSE filesystem served through it on
+/// `mountpoint`: `mount(2)` of type `fstype` (`fuse.SUBTYPE`, shown so in
+/// /proc/mounts) from `source`, with `flags` (`MS_*`) and the kernel FUSE
+/// options `options` (comma-separated: `default_permissions`,
+/// `allow_other`) besides the `fd=`, `rootmode=`, `user_id=` and
+/// `group_id=` the kernel needs. Returns the `/dev/fuse` descriptor (never
+/// 0, 1 or 2); the kernel's FUSE_INIT is waiting on it.
+///
+/// Fails with `EPERM` when not privileged (a user's mount goes through
+/// fusermount3), `ENOENT` (no `/dev/fuse` or mount point), `ENODEV`, ...
+pub fn fuse_mount(
+    source: &str,
+    mountpoint: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    options: &str,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?;
+    let mut fd = std::os::fd::OwnedFd::from(dev);
+    if fd.as_raw_fd() <= 2 {
+        // stdin, stdout or stderr was closed: a daemon's redirection of
+        // them would take the device away.
+        fd = fd.as_fd().try_clone_to_owned()?;
+    }
+    // SAFETY: getuid and getgid take nothing and can't fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid}",
+        fd.as_raw_fd(),
+        root_mode,
+    );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
+    let cstr =
+        |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let (src, ty, data) = (cstr(source)?, cstr(fstype)?, cstr(&data)?);
+    let target = path_cstring(mountpoint)?;
+    // SAFETY: all four strings are NUL-terminated and outlive the call; the
+    // data is the text FUSE's mount parses.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            data.as_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn path_cstring(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The value of extended attribute `name` of `path` (`getxattr(2)`,
+/// following symlinks), however long it is: a value that grows between the
+/// size query and the read is read again.
+///
+/// Fails with `ENODATA` (no such attribute, or a `trusted.` one without
+/// CAP_SYS_ADMIN), `EOPNOTSUPP`, `ENOENT`, ...
+pub fn getxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let p = path_cstring(path)?;
+    let n = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    loop {
+        // SAFETY: both strings are NUL-terminated; a NULL buffer of size 0
+        // asks for the size only.
+        let size = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: `buf` has `buf.len()` writable bytes.
+        let got = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+            )
+        };
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,5 +801,62 @@ mod tests {
             Err(Some(libc::ENOTTY))
         );
         Ok(())
+    }
+
+    #[test]
+    fn getxattr_reads_a_value_and_reports_a_missing_one() -> io::Result<()> {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR"))?;
+        let path = dir.path().join("x");
+        std::fs::write(&path, b"")?;
+        let c = path_cstring(&path)?;
+        let value = vec![b'v'; 3000];
+        // SAFETY: NUL-terminated strings and a buffer of the given length.
+        let r = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"user.biofs.test".as_ptr(),
+                value.as_ptr().cast::<libc::c_void>(),
+                value.len(),
+                0,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                eprintln!("skipped: the test directory's filesystem has no user xattrs");
+                return Ok(());
+            }
+            return Err(e);
+        }
+        assert_eq!(getxattr(&path, "user.biofs.test")?, value);
+        let missing = getxattr(&path, "user.biofs.none").map_err(|e| e.raw_os_error());
+        assert_eq!(missing, Err(Some(libc::ENODATA)));
+        Ok(())
+    }
+
+    #[test]
+    fn umount_of_a_directory_that_is_no_mount_point_fails() -> io::Result<()> {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR"))?;
+        let e = umount(dir.path(), false).map_err(|e| e.raw_os_error());
+        // EINVAL as root, EPERM for anyone else.
+        assert!(matches!(e, Err(Some(libc::EINVAL | libc::EPERM))), "{e:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_blocked_signal_is_taken_by_wait_signal() -> io::Result<()> {
+        block_signals(&[libc::SIGUSR2])?;
+        // SAFETY: a signal to this thread, where it is blocked.
+        let r = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+        assert_eq!(r, 0);
+        assert_eq!(wait_signal(&[libc::SIGUSR2])?, libc::SIGUSR2);
+        Ok(())
+    }
+
+    /// The test harness runs tests on threads of their own: fork must refuse.
+    #[test]
+    fn fork_refuses_a_multi_threaded_process() {
+        let r = fork_single_threaded().map_err(|e| e.kind());
+        assert_eq!(r, Err(io::ErrorKind::ResourceBusy));
     }
 }

@@ -12,6 +12,7 @@ pub mod extmap;
 mod meta;
 mod namei;
 mod ops;
+pub mod populate;
 pub mod txn;
 pub mod types;
 mod xattrs;

@@ -178,3 +178,12 @@ pub mod fsimage;
 
 #[allow(dead_code)] // each fuzzer uses part of it
 pub mod rng;
+
+#[allow(dead_code)] // only the mount tests use it
+pub mod mount;
+
+#[allow(dead_code)] // only the mount tests use it
+pub mod posix;
+
+#[allow(dead_code)] // only the mount tests use it
+pub mod check;

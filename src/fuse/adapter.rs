@@ -1,0 +1,758 @@
+//! [`FuseFs`]: `fuser::Filesystem` over the core's [`Fs`]. Each request
+//! becomes one call of the core (two for an `O_SYNC` write, one per entry
+//! for a readdirplus); each reply error goes through [`to_fuse`].
+//!
+//! Failure contract: every request is answered exactly once. Nothing here
+//! unwraps or indexes by a request's values; a panic all the same (a bug,
+//! in the core or here) is caught per request by [`guarded`], and the
+//! reply's `Drop` answers EIO, so one bad request costs one EIO instead of
+//! an event-loop thread (and with the last one, the mount).
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::acl;
+use super::convert::{self, OpenFh, Seek, Xattr};
+use super::errno::{own, to_fuse};
+use super::flush::Flusher;
+use super::readdir::DirReply;
+use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
+
+/// The virtual xattr of the root directory that holds [`Fs::stats`]:
+/// answered by the adapter, never stored, not listed, not settable.
+/// (`trusted.*`: only CAP_SYS_ADMIN reads it; others get ENODATA.)
+pub const STATS_XATTR: &str = "trusted.biofs.stats";
+
+/// The root's inode number, FUSE's and the core's.
+const ROOT: u64 = 1;
+
+/// How long the kernel may trust attributes and entries.
+pub(super) const TTL: Duration = Duration::from_secs(1);
+
+/// Largest write (and readahead) to negotiate: the kernel caps requests at
+/// `max_pages` (256 pages here), which fuser derives from these.
+const MAX_IO: u32 = 1 << 20;
+
+/// What the adapter negotiates with the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuseConfig {
+    /// FUSE_WRITEBACK_CACHE: the kernel caches writes and owns file sizes.
+    pub writeback_cache: bool,
+    /// FUSE_POSIX_ACL: the kernel enforces POSIX ACLs stored as xattrs.
+    pub posix_acl: bool,
+}
+
+impl Default for FuseConfig {
+    fn default() -> Self {
+        FuseConfig {
+            writeback_cache: true,
+            posix_acl: false,
+        }
+    }
+}
+
+/// The FUSE filesystem of a mounted biofs.
+pub struct FuseFs {
+    pub(super) fs: Arc<Fs>,
+    cfg: FuseConfig,
+    ended: Arc<OnceLock<FsResult<()>>>,
+    /// Set when the writeback cache is on and other threads can serve the
+    /// writes an invalidation causes: see [`FuseFs::write_back_cached`].
+    pub(super) flusher: Arc<OnceLock<Flusher>>,
+}
+
+impl FuseFs {
+    pub fn new(fs: Arc<Fs>, cfg: FuseConfig) -> FuseFs {
+        FuseFs {
+            fs,
+            cfg,
+            ended: Arc::new(OnceLock::new()),
+            flusher: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where the session's [`Flusher`] goes once there is one (for
+    /// [`FuseFs::write_back_cached`]; without it lseek asks the core only).
+    pub(super) fn flusher_slot(&self) -> Arc<OnceLock<Flusher>> {
+        self.flusher.clone()
+    }
+
+    /// Where `destroy` leaves the result of [`Fs::shutdown`] (empty until
+    /// the session has ended).
+    pub fn shutdown_result(&self) -> Arc<OnceLock<FsResult<()>>> {
+        self.ended.clone()
+    }
+
+    /// The capabilities to ask of the kernel.
+    pub fn wanted_capabilities(cfg: FuseConfig) -> InitFlags {
+        let mut want = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // O_TRUNC reaches open (truncate=true) instead of a SETATTR.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // Symlink targets stay in the page cache: every change to
+            // them comes through this kernel.
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        if cfg.writeback_cache {
+            want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if cfg.posix_acl {
+            // The umask comes apart from the mode: a default ACL replaces it.
+            want |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+        }
+        want
+    }
+
+    /// Make a new inode (`make` is given the mode to create it with):
+    /// under `-o acl`, with the mode and ACLs its directory's default ACL
+    /// gives, or else the umask (the kernel leaves both to us then);
+    /// otherwise as asked (the kernel has applied the umask).
+    fn make_inode(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        make: impl FnOnce(u32) -> FsResult<Attr>,
+    ) -> FsResult<Attr> {
+        if !self.cfg.posix_acl {
+            return make(mode);
+        }
+        let (mode, inherit) = self.acl_create_mode(parent, mode, umask)?;
+        let a = make(mode)?;
+        self.acl_inherit(a.ino, a.kind, inherit);
+        Ok(a)
+    }
+
+    fn stats_xattr(&self, ino: INodeNo, name: &OsStr) -> bool {
+        ino.0 == ROOT && name.as_bytes() == STATS_XATTR.as_bytes()
+    }
+}
+
+/// Run one request's handling; a panic in it is logged and its reply,
+/// dropped unsent while unwinding, answers EIO.
+fn guarded(op: &'static str, f: impl FnOnce()) {
+    if panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
+        log::error!("{op}: panicked; the request was answered EIO");
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, r: FsResult<Attr>) {
+    match r {
+        Ok(a) => reply.entry(
+            &TTL,
+            &convert::file_attr(&a),
+            Generation(u64::from(a.generation)),
+        ),
+        Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, r: FsResult<Attr>) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &convert::file_attr(&a)),
+        Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: FsResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, value: FsResult<Vec<u8>>, size: u32) {
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => return reply.error(to_fuse(e)),
+    };
+    match convert::xattr_reply(&value, size) {
+        Ok(Xattr::Size(n)) => reply.size(n),
+        Ok(Xattr::Data(d)) => reply.data(d),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Evaluate to the checked name, or answer the request with its error.
+macro_rules! name_or_reply {
+    ($name:expr, $reply:expr) => {
+        match convert::name($name) {
+            Ok(n) => n,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let want = FuseFs::wanted_capabilities(self.cfg);
+        let have = config.capabilities();
+        if self.cfg.posix_acl && !have.contains(InitFlags::FUSE_POSIX_ACL) {
+            return Err(io::Error::other(
+                "-o acl: this kernel's FUSE does not offer POSIX ACLs (FUSE_POSIX_ACL)",
+            ));
+        }
+        let missing = want & !have;
+        if !missing.is_empty() {
+            log::warn!("the kernel does not offer FUSE capabilities {missing:?}");
+        }
+        if let Err(bits) = config.add_capabilities(want & have) {
+            log::warn!("FUSE capabilities {bits:?} refused");
+        }
+        if let Err(max) = config.set_max_write(MAX_IO) {
+            let _ = config.set_max_write(max);
+        }
+        // The kernel offers its readahead (128 KiB here) as the ceiling.
+        if let Err(max) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Room for readahead and writeback requests in flight in parallel.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        log::debug!("FUSE init: asked {:?}", want & have);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let r = self.fs.shutdown();
+        if let Err(e) = r {
+            log::error!("shutdown: {e}");
+        }
+        let _ = self.ended.set(r);
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guarded("lookup", || {
+            let name = name_or_reply!(name, reply);
+            reply_entry(reply, self.fs.lookup(parent.0, name));
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // batch_forget's default calls this for each node.
+        guarded("forget", || self.fs.forget(ino.0, nlookup));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        guarded("getattr", || reply_attr(reply, self.fs.getattr(ino.0)));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        guarded("setattr", || {
+            let set = SetAttr {
+                // The kernel sends the type bits too; a chmod changes only
+                // the permission bits (with setuid, setgid and sticky).
+                mode: mode.map(|m| m & 0o7777),
+                uid,
+                gid,
+                size,
+                atime: atime.map(convert::time_set),
+                mtime: mtime.map(convert::time_set),
+                ctime: ctime.map(convert::request_timespec),
+            };
+            reply_attr(reply, self.fs.setattr(&ctx(req), ino.0, &set));
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        guarded("readlink", || match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(to_fuse(e)),
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        guarded("mknod", || {
+            let name = name_or_reply!(name, reply);
+            let r = self.make_inode(parent.0, mode, umask, |mode| {
+                self.fs.mknod(&ctx(req), parent.0, name, mode, rdev)
+            });
+            reply_entry(reply, r);
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        guarded("mkdir", || {
+            let name = name_or_reply!(name, reply);
+            let r = self.make_inode(parent.0, mode, umask, |mode| {
+                self.fs.mkdir(&ctx(req), parent.0, name, mode)
+            });
+            reply_entry(reply, r);
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("unlink", || {
+            let name = name_or_reply!(name, reply);
+            reply_empty(reply, self.fs.unlink(parent.0, name));
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("rmdir", || {
+            let name = name_or_reply!(name, reply);
+            reply_empty(reply, self.fs.rmdir(parent.0, name));
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        guarded("symlink", || {
+            let name = name_or_reply!(link_name, reply);
+            let target = target.as_os_str().as_bytes();
+            reply_entry(reply, self.fs.symlink(&ctx(req), parent.0, name, target));
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        guarded("rename", || {
+            let name = name_or_reply!(name, reply);
+            let newname = name_or_reply!(newname, reply);
+            let flags = match convert::rename_flags(flags.bits()) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let r = self.fs.rename(parent.0, name, newparent.0, newname, flags);
+            reply_empty(reply, r);
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        guarded("link", || {
+            let name = name_or_reply!(newname, reply);
+            reply_entry(reply, self.fs.link(ino.0, newparent.0, name));
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        guarded("open", || {
+            let truncate = flags.0 & libc::O_TRUNC != 0;
+            match self.fs.open(&ctx(req), ino.0, truncate) {
+                Ok(()) => {
+                    let fh = OpenFh::from_flags(flags.0).to_fh();
+                    // Every change to a file's data comes through this
+                    // kernel: its cached pages stay valid across opens.
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        guarded("read", || {
+            match self.fs.read(&ctx(req), ino.0, offset, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        guarded("write", || {
+            // Writeback from the page cache carries a guessed handle and
+            // no caller's O_APPEND or O_SYNC: the kernel already placed it
+            // and syncs through FSYNC. Otherwise the handle's flags and
+            // the write's own (RWF_SYNC, RWF_DSYNC) count.
+            let from_cache = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+            let f = if from_cache {
+                OpenFh::default()
+            } else {
+                OpenFh::from_fh(fh.0).union(OpenFh::from_flags(flags.0))
+            };
+            // With the writeback cache the kernel owns the size, and has
+            // put an O_APPEND write at its end.
+            let append = f.append && !self.cfg.writeback_cache;
+            let n = match self.fs.write(&ctx(req), ino.0, offset, data, append) {
+                Ok(n) => n,
+                Err(e) => return reply.error(to_fuse(e)),
+            };
+            if f.sync || f.dsync {
+                if let Err(e) = self.fs.fsync(ino.0, !f.sync) {
+                    return reply.error(to_fuse(e));
+                }
+            }
+            reply.written(n);
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is buffered per open file here; durability is fsync's.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("release", || reply_empty(reply, self.fs.release(ino.0)));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fsync", || {
+            reply_empty(reply, self.fs.fsync(ino.0, datasync))
+        });
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Stateless: a readdir resumes from the cookie the kernel keeps.
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        guarded("readdir", || {
+            self.fill_dir(ino.0, offset, DirReply::Plain(reply))
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        guarded("readdirplus", || {
+            self.fill_dir(ino.0, offset, DirReply::Plus(reply))
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fsyncdir", || {
+            reply_empty(reply, self.fs.fsync(ino.0, datasync))
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        guarded("statfs", || match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(to_fuse(e)),
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("setxattr", || {
+            if self.stats_xattr(ino, name) {
+                return reply.error(own(libc::EPERM));
+            }
+            if position != 0 {
+                return reply.error(own(libc::EINVAL));
+            }
+            let r = if self.cfg.posix_acl && name.as_bytes() == acl::ACCESS {
+                self.acl_set_access(&ctx(req), ino.0, value)
+            } else {
+                self.fs.setxattr(ino.0, name.as_bytes(), value, flags)
+            };
+            reply_empty(reply, r);
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        guarded("getxattr", || {
+            let value = if self.stats_xattr(ino, name) {
+                Ok(self.fs.stats().into_bytes())
+            } else {
+                self.fs.getxattr(ino.0, name.as_bytes())
+            };
+            reply_xattr(reply, value, size);
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        guarded("listxattr", || {
+            reply_xattr(reply, self.fs.listxattr(ino.0), size)
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("removexattr", || {
+            if self.stats_xattr(ino, name) {
+                return reply.error(own(libc::EPERM));
+            }
+            reply_empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions (always on) the kernel checks access
+        // itself and doesn't send this; if it does, existence is the answer.
+        guarded("access", || {
+            reply_empty(reply, self.fs.getattr(ino.0).map(|_| ()))
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        guarded("create", || {
+            let name = name_or_reply!(name, reply);
+            let r = self.make_inode(parent.0, mode, umask, |mode| {
+                self.fs.create(&ctx(req), parent.0, name, mode)
+            });
+            match r {
+                Ok(a) => reply.created(
+                    &TTL,
+                    &convert::file_attr(&a),
+                    Generation(u64::from(a.generation)),
+                    FileHandle(OpenFh::from_flags(flags).to_fh()),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fallocate", || {
+            let mode = match convert::falloc_mode(mode) {
+                Ok(m) => m,
+                Err(e) => return reply.error(e),
+            };
+            let r = self.fs.fallocate(&ctx(req), ino.0, offset, length, mode);
+            reply_empty(reply, r);
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        guarded("lseek", || {
+            let r = match convert::seek(offset, whence) {
+                Ok(Seek::At(off)) => Ok(off),
+                Ok(Seek::FromEnd(off)) => match self.fs.getattr(ino.0) {
+                    Ok(a) => convert::seek_end(a.size, off),
+                    Err(e) => Err(to_fuse(e)),
+                },
+                Ok(Seek::Core(off, w)) => {
+                    self.write_back_cached(ino.0, off);
+                    match self.fs.lseek(ino.0, off, w) {
+                        Ok(r) => i64::try_from(r).map_err(|_| own(libc::EOVERFLOW)),
+                        Err(e) => Err(to_fuse(e)),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(off) => reply.offset(off),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_follow_the_options() {
+        let on = FuseFs::wanted_capabilities(FuseConfig::default());
+        for f in [
+            InitFlags::FUSE_WRITEBACK_CACHE,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+        ] {
+            assert!(on.contains(f), "{f:?}");
+        }
+        assert!(!on.contains(InitFlags::FUSE_POSIX_ACL));
+        // Without -o acl the kernel applies the umask.
+        assert!(!on.contains(InitFlags::FUSE_DONT_MASK));
+        let off = FuseFs::wanted_capabilities(FuseConfig {
+            writeback_cache: false,
+            posix_acl: true,
+        });
+        assert!(!off.contains(InitFlags::FUSE_WRITEBACK_CACHE));
+        assert!(off.contains(InitFlags::FUSE_POSIX_ACL));
+        assert!(off.contains(InitFlags::FUSE_DONT_MASK));
+    }
+
+    #[test]
+    fn a_panic_is_contained() {
+        let mut after = false;
+        guarded("test", || panic!("boom"));
+        guarded("test", || after = true);
+        assert!(after);
+    }
+}

@@ -1,0 +1,23 @@
+//! The FUSE adapter: serves the core ([`crate::fs::Fs`]) to the kernel
+//! through `fuser`.
+//!
+//! - [`errno`]: the one mapping from the core's errors to FUSE replies.
+//! - [`convert`]: attributes, times, names and flag sets, both ways.
+//! - [`adapter`]: the `fuser::Filesystem` ([`FuseFs`]), request by request;
+//!   `readdir` fills its directory replies.
+//! - `acl`: POSIX ACLs under `-o acl`, the part FUSE leaves to the
+//!   filesystem (the mode kept in step, default ACLs inherited).
+//! - [`options`]: the `-o` mount options of `biofs` and mount(8).
+//! - [`session`]: mounting, the event loops, and ending on a signal or an
+//!   unmount.
+
+mod acl;
+pub mod adapter;
+pub mod convert;
+pub mod errno;
+mod flush;
+pub mod options;
+mod readdir;
+pub mod session;
+
+pub use adapter::{FuseConfig, FuseFs, STATS_XATTR};
