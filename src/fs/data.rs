@@ -14,15 +14,16 @@
 //!   writes them through a plugged `BioBuilder` whose parent completes when
 //!   every chained piece has. Pages re-dirtied meanwhile stay dirty.
 //!
-//! Locks, always taken in this order: a file's `rw` (shared by reads,
+//! Locks, always taken in this order: a file's `wb` (one writeback of the
+//! file at a time), its `rw` (shared by reads,
 //! writes and writeback; exclusive for truncate, hole punching and page
 //! eviction), the writeback barrier (shared by writeback from mapping to
 //! completion; exclusive for a commit, so no commit sees an extent whose
 //! data is not written yet), then the metadata lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crossbeam_channel::bounded;
 
@@ -57,11 +58,38 @@ struct CachedPage {
     gen: u64,
 }
 
+/// A file's pages, and those being read right now (the kernel's locked
+/// pages: a second reader waits for them rather than reading them again).
+#[derive(Default)]
+struct PageMap {
+    pages: BTreeMap<u64, CachedPage>,
+    reading: HashSet<u64>,
+}
+
+impl std::ops::Deref for PageMap {
+    type Target = BTreeMap<u64, CachedPage>;
+    fn deref(&self) -> &Self::Target {
+        &self.pages
+    }
+}
+
+impl std::ops::DerefMut for PageMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pages
+    }
+}
+
 /// One file's cache.
 pub struct FileCache {
     pub rw: RwLock<()>,
-    pages: Mutex<BTreeMap<u64, CachedPage>>,
-    /// Readahead: the page a sequential reader reads next, and the window.
+    /// One writeback of the file at a time (a second writer waits for it,
+    /// then finds its pages clean, rather than writing them again).
+    wb: Mutex<()>,
+    pages: Mutex<PageMap>,
+    /// Signalled when reads of this file's pages complete.
+    read_done: Condvar,
+    /// Readahead: the page a sequential reader reads next, and the window
+    /// (0 after a random read).
     ra: Mutex<(u64, u64)>,
 }
 
@@ -121,7 +149,9 @@ impl PageCache {
             .or_insert_with(|| {
                 Arc::new(FileCache {
                     rw: RwLock::new(()),
-                    pages: Mutex::new(BTreeMap::new()),
+                    wb: Mutex::new(()),
+                    pages: Mutex::new(PageMap::default()),
+                    read_done: Condvar::new(),
                     ra: Mutex::new((0, RA_MIN)),
                 })
             })
@@ -148,7 +178,7 @@ impl PageCache {
     /// Drop file `ino`'s cache (its inode is gone).
     pub fn forget_file(&self, ino: u64) {
         if let Some(fc) = lock(&self.files).remove(&ino) {
-            let pages = std::mem::take(&mut *lock(&fc.pages));
+            let pages = std::mem::take(&mut lock(&fc.pages).pages);
             let dirty = pages.values().filter(|p| p.dirty).count();
             self.cached.fetch_sub(pages.len(), Ordering::Relaxed);
             self.dirty.fetch_sub(dirty, Ordering::Relaxed);
@@ -331,12 +361,53 @@ impl DataCtx<'_> {
         ra_last: u64,
         ioprio: IoPrio,
     ) -> FsResult<()> {
-        let missing: Vec<u64> = {
-            let pages = lock(&fc.pages);
-            (first..=ra_last.max(last))
-                .filter(|i| !pages.contains_key(i))
-                .collect()
+        // Pages nobody has or reads are ours to read; requested pages
+        // another reader is reading, we wait for.
+        let (missing, theirs): (Vec<u64>, Vec<u64>) = {
+            let mut pm = lock(&fc.pages);
+            let mine: Vec<u64> = (first..=ra_last.max(last))
+                .filter(|i| !pm.pages.contains_key(i) && !pm.reading.contains(i))
+                .collect();
+            pm.reading.extend(mine.iter().copied());
+            let theirs = (first..=last)
+                .filter(|i| pm.reading.contains(i) && mine.binary_search(i).is_err())
+                .collect();
+            (mine, theirs)
         };
+        let result = self.read_missing(fc, ino, (first, last), &missing, ioprio);
+        {
+            let mut pm = lock(&fc.pages);
+            for i in &missing {
+                pm.reading.remove(i);
+            }
+        }
+        fc.read_done.notify_all();
+        result?;
+        if theirs.is_empty() {
+            return Ok(());
+        }
+        let mut pm = lock(&fc.pages);
+        while theirs.iter().any(|i| pm.reading.contains(i)) {
+            pm = fc.read_done.wait(pm).unwrap_or_else(|e| e.into_inner());
+        }
+        if theirs.iter().all(|i| pm.pages.contains_key(i)) {
+            return Ok(());
+        }
+        // The other reader failed: try ourselves (and report the error).
+        drop(pm);
+        self.fill(fc, ino, first, last, last, ioprio)
+    }
+
+    /// Read pages `missing` (which this caller marked as being read) into
+    /// the cache; EIO if one inside `want` failed.
+    fn read_missing(
+        &self,
+        fc: &FileCache,
+        ino: u64,
+        (first, last): (u64, u64),
+        missing: &[u64],
+        ioprio: IoPrio,
+    ) -> FsResult<()> {
         if missing.is_empty() {
             return Ok(());
         }
@@ -346,7 +417,7 @@ impl DataCtx<'_> {
         {
             let mut m = lock(self.meta);
             let st = m.load(ino)?;
-            for &i in &missing {
+            for &i in missing {
                 match extmap::lookup(&st.map, i) {
                     Mapping::Mapped {
                         physical,
@@ -415,13 +486,15 @@ impl DataCtx<'_> {
         let first = off / BLOCK_SIZE_U64;
         let last = (end - 1) / BLOCK_SIZE_U64;
         let ra_last = {
+            // On-demand readahead: a read that continues the last one (or
+            // starts the file) grows the window; a random read gets none.
             let mut ra = lock(&fc.ra);
             let window = if first == ra.0 && first != 0 {
-                (ra.1 * 2).min(RA_MAX)
+                (ra.1 * 2).clamp(RA_MIN, RA_MAX)
             } else if first == 0 {
-                ra.1.max(RA_MIN)
-            } else {
                 RA_MIN
+            } else {
+                0
             };
             *ra = (last + 1, window);
             (last + window).min((fsize - 1) / BLOCK_SIZE_U64)
@@ -523,6 +596,7 @@ impl DataCtx<'_> {
         let Some(fc) = self.cache.existing(ino) else {
             return Ok(());
         };
+        let _w = lock(&fc.wb);
         let _g = read_lock(&fc.rw);
         let _b = read_lock(self.barrier);
         let dirty: Vec<(u64, Page, u64)> = lock(&fc.pages)
