@@ -124,6 +124,7 @@ fn every_crash_state_shows_whole_transactions() {
         let (problems, said) = check_quietly(&dev);
         assert_eq!(problems, 0, "state ({n}, {drop:?}): {said:?}");
         let _ = Image::open(&dev, None).unwrap();
+        std::mem::drop(j);
         Arc::into_inner(dev).unwrap().close().unwrap();
         checked += 1;
     }

@@ -437,10 +437,19 @@ impl DataCtx<'_> {
         for (k, page) in got {
             loaded.push((idx[k], page));
         }
-        if let Some((k, status)) = failed
+        // A failed bio fails all its pages: read each requested one again
+        // on its own, so a bad block fails only the reads that need it
+        // (as mpage falls back to block_read_full_page).
+        for (k, _) in failed
             .into_iter()
-            .find(|(k, _)| (first..=last).contains(&idx[*k]))
+            .filter(|(k, _)| (first..=last).contains(&idx[*k]))
         {
+            let (mut one, bad) = read_pages(self, ioprio, &reads[k..=k]);
+            if let Some(page) = one.pop().map(|p| p.1) {
+                loaded.push((idx[k], page));
+                continue;
+            }
+            let status = bad.first().map_or(BlkStatus::IoErr, |b| b.1);
             log::error!(
                 "inode {ino}, offset {}: read failed: {}",
                 idx[k] * BLOCK_SIZE_U64,
