@@ -147,6 +147,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    biofs::sys::keep_large_allocations_in_heap();
     // fuser warns that its own unmount failed after every umount (the
     // kernel had already let the mount go): not worth a line by default.
     let default_log = "warn,fuser::session=error";

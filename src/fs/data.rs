@@ -110,12 +110,33 @@ pub struct DataCtx<'a> {
     pub cache: &'a PageCache,
 }
 
-/// The I/O priority of process `pid` (its io_context), default for 0.
+/// How long a looked-up priority is used before it is read again (as the
+/// engine re-reads its own process's at most once a second).
+const IOPRIO_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The I/O priority of task `pid`'s io_context (default for 0). Finding
+/// the task's thread group reads `/proc`, so the answer is kept for
+/// [`IOPRIO_TTL`]: an `ionice -p` takes effect within a second.
 pub fn ioprio_of(pid: u32) -> IoPrio {
+    use std::time::Instant;
+    static SEEN: Mutex<Option<HashMap<u32, (IoPrio, Instant)>>> = Mutex::new(None);
     if pid == 0 {
         return IoPrio::DEFAULT;
     }
-    IocRegistry::global().for_task(pid as i32).ioprio()
+    let now = Instant::now();
+    if let Some(&(p, at)) = lock(&SEEN).as_ref().and_then(|m| m.get(&pid)) {
+        if now.duration_since(at) < IOPRIO_TTL {
+            return p;
+        }
+    }
+    let p = IocRegistry::global().for_task(pid as i32).ioprio();
+    let mut seen = lock(&SEEN);
+    let map = seen.get_or_insert_with(HashMap::new);
+    if map.len() > 4096 {
+        map.retain(|_, (_, at)| now.duration_since(*at) < IOPRIO_TTL);
+    }
+    map.insert(pid, (p, now));
+    p
 }
 
 /// Lock a mutex, surviving a poisoned one (a panicked holder left the
@@ -183,6 +204,26 @@ impl PageCache {
             self.cached.fetch_sub(pages.len(), Ordering::Relaxed);
             self.dirty.fetch_sub(dirty, Ordering::Relaxed);
         }
+    }
+
+    /// Drop file `ino`'s cache entry if it holds no dirty page and nobody
+    /// uses it (the kernel forgot the inode): clean pages go with it, so
+    /// the map of files doesn't grow with every file ever touched.
+    pub fn release_file(&self, ino: u64) {
+        let mut files = lock(&self.files);
+        let Some(fc) = files.get(&ino) else { return };
+        if Arc::strong_count(fc) > 1 {
+            return;
+        }
+        let n = {
+            let pm = lock(&fc.pages);
+            if pm.values().any(|p| p.dirty) || !pm.reading.is_empty() {
+                return;
+            }
+            pm.len()
+        };
+        files.remove(&ino);
+        self.cached.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub fn over_dirty_limit(&self) -> bool {

@@ -311,11 +311,15 @@ impl Fs {
 
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        {
+        let unused = {
             let mut m = self.meta();
-            if let Some(st) = m.inodes.get_mut(&ino) {
+            m.inodes.get_mut(&ino).is_none_or(|st| {
                 st.lookups = st.lookups.saturating_sub(n);
-            }
+                st.lookups == 0 && st.opens == 0
+            })
+        };
+        if unused {
+            self.core.cache.release_file(ino);
         }
         if let Err(e) = self.core.release_inode(ino) {
             log::error!("freeing inode {ino}: {e}");
