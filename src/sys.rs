@@ -747,6 +747,19 @@ pub fn getxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     }
 }
 
+/// Keep large allocations (a FUSE read's or write's megabyte buffers) in
+/// the heap instead of a fresh `mmap` each time: every fresh mapping is
+/// faulted in and zeroed page by page, which cost a mount more CPU than
+/// its copies did. Best effort: `mallopt` failing changes nothing else.
+pub fn keep_large_allocations_in_heap() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // the process starts its threads and has no memory-safety contract.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -858,18 +871,5 @@ mod tests {
     fn fork_refuses_a_multi_threaded_process() {
         let r = fork_single_threaded().map_err(|e| e.kind());
         assert_eq!(r, Err(io::ErrorKind::ResourceBusy));
-    }
-}
-
-/// Keep large allocations (a FUSE read's or write's megabyte buffers) in
-/// the heap instead of a fresh `mmap` each time: every fresh mapping is
-/// faulted in and zeroed page by page, which cost a mount more CPU than
-/// its copies did. Best effort: `mallopt` failing changes nothing else.
-pub fn keep_large_allocations_in_heap() {
-    // SAFETY: mallopt only sets allocator parameters; it is called before
-    // the process starts its threads and has no memory-safety contract.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
