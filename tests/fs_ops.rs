@@ -406,3 +406,53 @@ fn a_rotten_data_block_reads_as_eio_never_as_data() {
     assert_eq!(fs.read(&c, g.ino, 0, 100).unwrap(), b"fine");
     drop(fs);
 }
+
+#[test]
+fn many_orphans_released_in_any_order_leave_a_clean_list() {
+    const SIZE: u64 = 64 << 20;
+    let lw = logged_device(SIZE);
+    let mem = mkfs_on(lw.clone());
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let mut files = Vec::new();
+    for i in 0..40 {
+        let a = fs
+            .create(&c, ROOT, format!("o{i}").as_bytes(), 0o644)
+            .unwrap();
+        fs.write(&c, a.ino, 0, &[i as u8; 5000], false).unwrap();
+        files.push(a.ino);
+    }
+    for i in 0..40 {
+        fs.unlink(ROOT, format!("o{i}").as_bytes()).unwrap();
+    }
+    // Releases re-examine inodes already on the list (the first unlinked
+    // is its tail); forgets free them in a scattered order.
+    let mut rng = Rng(7);
+    for &ino in &files {
+        fs.release(ino).unwrap();
+    }
+    let mut order = files.clone();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for &ino in &order[..25] {
+        fs.forget(ino, 1);
+    }
+    fs.syncfs().unwrap();
+    // A crash with 15 orphans still held: the next mount frees them.
+    let copy = crash_device(&lw, (lw.entries().len(), None), SIZE);
+    fsck_clean(&copy);
+    let fs2 = mount(&copy);
+    assert_eq!(
+        fs2.readdir(ROOT, 2, 100).unwrap().len(),
+        1,
+        "lost+found only"
+    );
+    drop(fs2);
+    fsck_clean(&copy);
+    for &ino in &order[25..] {
+        fs.forget(ino, 1);
+    }
+    drop(fs);
+    fsck_clean(&mem);
+}

@@ -63,6 +63,11 @@ pub struct Meta {
     /// The superblock as it will be committed (orphan list head).
     pub sb: Superblock,
     sb_dirty: bool,
+    /// The orphan list's back links (inode -> the inode before it, 0 for
+    /// the head), kept in memory so that taking an inode off is O(1). The
+    /// list on disk is the orphans of this mount only: the mount frees
+    /// those of the last one first.
+    orphan_prev: HashMap<u64, u64>,
     pub inodes: HashMap<u64, InodeState>,
     dirty: BTreeSet<u64>,
     /// Set after a failed commit: no more changes (as ext4's
@@ -149,6 +154,7 @@ impl Meta {
             hash_seed: sb.hash_seed,
             sb,
             sb_dirty: false,
+            orphan_prev: HashMap::new(),
             inodes: HashMap::new(),
             dirty: BTreeSet::new(),
             failed: false,
@@ -341,32 +347,33 @@ impl Meta {
         if st.lookups == 0 && st.opens == 0 {
             return self.evict(ino);
         }
-        if st.inode.orphan_next == 0 && self.sb.orphan_head != ino {
+        if !self.orphan_prev.contains_key(&ino) {
             let head = self.sb.orphan_head;
             self.get_mut(ino)?.inode.orphan_next = head;
+            if head != 0 {
+                self.orphan_prev.insert(head, ino);
+            }
+            self.orphan_prev.insert(ino, 0);
             self.sb.orphan_head = ino;
             self.sb_dirty = true;
         }
         Ok(())
     }
 
-    /// Take `ino` (whose successor is `next`) off the orphan list.
+    /// Take `ino` (whose successor is `next`) off the orphan list, if it
+    /// is on it.
     fn orphan_remove(&mut self, ino: u64, next: u64) -> FsResult<()> {
-        if self.sb.orphan_head == ino {
+        let Some(prev) = self.orphan_prev.remove(&ino) else {
+            return Ok(());
+        };
+        if prev == 0 {
             self.sb.orphan_head = next;
             self.sb_dirty = true;
-            return Ok(());
+        } else {
+            self.get_mut(prev)?.inode.orphan_next = next;
         }
-        let mut at = self.sb.orphan_head;
-        let mut hops = 0u64;
-        while at != 0 && hops < self.geo.inodes_count() {
-            let st = self.get_mut(at)?;
-            if st.inode.orphan_next == ino {
-                st.inode.orphan_next = next;
-                return Ok(());
-            }
-            at = st.inode.orphan_next;
-            hops += 1;
+        if next != 0 {
+            self.orphan_prev.insert(next, prev);
         }
         Ok(())
     }
@@ -377,16 +384,16 @@ impl Meta {
         let mut hops = 0u64;
         while self.sb.orphan_head != 0 && hops <= self.geo.inodes_count() {
             let ino = self.sb.orphan_head;
-            let st = self.load(ino)?;
-            if st.inode.nlink == 0 {
-                st.lookups = 0;
-                st.opens = 0;
+            let st = self.get_mut(ino)?;
+            let next = std::mem::take(&mut st.inode.orphan_next);
+            let unlinked = st.inode.nlink == 0;
+            st.lookups = 0;
+            st.opens = 0;
+            self.sb.orphan_head = next;
+            self.sb_dirty = true;
+            if unlinked {
                 self.evict(ino)?;
                 n += 1;
-            } else {
-                let next = std::mem::take(&mut self.get_mut(ino)?.inode.orphan_next);
-                self.sb.orphan_head = next;
-                self.sb_dirty = true;
             }
             hops += 1;
         }
