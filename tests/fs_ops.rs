@@ -456,3 +456,66 @@ fn many_orphans_released_in_any_order_leave_a_clean_list() {
     drop(fs);
     fsck_clean(&mem);
 }
+
+#[test]
+fn a_sequential_write_reaches_the_device_as_1_mib_requests() {
+    let mem = new_device(256 << 20);
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let f = fs.create(&c, ROOT, b"seq", 0o644).unwrap();
+    let before = fs.engine_stats();
+    let chunk = vec![0x3c; 128 << 10];
+    for k in 0..512u64 {
+        fs.write(&c, f.ino, k * (128 << 10), &chunk, false).unwrap();
+    }
+    fs.fsync(f.ino, false).unwrap();
+    let after = fs.engine_stats();
+    // Bucket 8 is requests of more than 512 KiB, up to 1 MiB.
+    let big = after.size_hist[8] - before.size_hist[8];
+    let written = after.bytes_written - before.bytes_written;
+    assert!(written >= 64 << 20, "{written} bytes written");
+    assert!(
+        big >= 64,
+        "64 MiB went out as {big} requests of 1 MiB: {after}"
+    );
+    drop(fs);
+    fsck_clean(&mem);
+}
+
+#[test]
+fn a_readers_ionice_class_reaches_the_scheduler() {
+    use biofs::block::ioc::SchedClass;
+    let mem = new_device(64 << 20);
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let f = fs.create(&c, ROOT, b"f", 0o644).unwrap();
+    fs.write(&c, f.ino, 0, &vec![9u8; 1 << 20], false).unwrap();
+    drop(fs);
+    let fs = mount(&mem);
+    let Ok(mut idle) = std::process::Command::new("ionice")
+        .args(["-c", "3", "sleep", "30"])
+        .spawn()
+    else {
+        println!("skipped: ionice (util-linux) is not installed");
+        return;
+    };
+    // Let ionice set the class and exec sleep.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let who = Ctx {
+        pid: idle.id(),
+        ..Ctx::root()
+    };
+    let before = fs.engine_stats().class(SchedClass::Idle).submitted;
+    assert_eq!(
+        fs.read(&who, f.ino, 0, 1 << 20).unwrap(),
+        vec![9u8; 1 << 20]
+    );
+    let after = fs.engine_stats().class(SchedClass::Idle).submitted;
+    let _ = idle.kill();
+    let _ = idle.wait();
+    assert!(
+        after > before,
+        "the idle-class reader's bios were not idle class"
+    );
+    drop(fs);
+}

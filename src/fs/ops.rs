@@ -291,6 +291,11 @@ impl Fs {
         )
     }
 
+    /// The engine's statistics, as numbers.
+    pub fn engine_stats(&self) -> crate::block::StatsSnapshot {
+        self.core.dev.queue().stats()
+    }
+
     fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
         lock(&self.core.meta)
     }
