@@ -79,7 +79,9 @@ OPTIONS
         verify=on|off
             Verify data reads against their integrity tuples (default on).
         threads=N
-            Threads serving FUSE requests, 1 to 256 (default 4).
+            Threads serving FUSE requests, 1 to 256 (default 32). Each
+            request holds a thread until its I/O is done, so this bounds
+            the I/O in flight; each thread keeps a 1 MiB buffer.
         nowritecache, writecache
             Turn off the kernel's writeback cache, so that each write is
             passed on as it is made, or keep it (the default: writes are

@@ -98,6 +98,9 @@ impl FuseFs {
     /// The capabilities to ask of the kernel.
     pub fn wanted_capabilities(cfg: FuseConfig) -> InitFlags {
         let mut want = InitFlags::FUSE_ASYNC_READ
+            // Asynchronous direct I/O (libaio, io_uring with O_DIRECT)
+            // reaches biofs as concurrent requests, not one at a time.
+            | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
