@@ -12,6 +12,7 @@ pub mod extmap;
 mod meta;
 mod namei;
 mod ops;
+mod pagecache;
 pub mod populate;
 pub mod txn;
 pub mod types;

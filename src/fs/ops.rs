@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 
-use super::data::{
-    allocate_unwritten, ioprio_of, lock, write_lock, DataCtx, PageCache, MAX_FILE_SIZE,
-};
+use super::data::{allocate_unwritten, ioprio_of, lock, write_lock, DataCtx, MAX_FILE_SIZE};
 use super::extmap;
 use super::meta::{touch, Meta};
 use super::namei::{attr_of, SYMLINK_MODE};
+use super::pagecache::PageCache;
 use super::types::*;
 use crate::block::{BioSet, IoPrio};
 use crate::format::dev::{BioError, Dev, DevOptions};

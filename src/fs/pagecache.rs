@@ -1,0 +1,205 @@
+//! The page cache of a mount: per file, its pages (dirty or clean) and
+//! those being read, under a global size limit with eviction of clean
+//! pages. The data path (`super::data`) fills and writes back through it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use crate::block::Page;
+use crate::format::BLOCK_SIZE_U64;
+
+use super::data::RA_MIN;
+
+/// A cached page of a file.
+pub(super) struct CachedPage {
+    pub(super) page: Page,
+    pub(super) dirty: bool,
+    /// Bumped by every write, so writeback cleans only what it wrote.
+    pub(super) gen: u64,
+}
+
+/// A file's pages, and those being read right now (the kernel's locked
+/// pages: a second reader waits for them rather than reading them again).
+#[derive(Default)]
+pub(super) struct PageMap {
+    pub(super) pages: BTreeMap<u64, CachedPage>,
+    pub(super) reading: HashSet<u64>,
+}
+
+impl std::ops::Deref for PageMap {
+    type Target = BTreeMap<u64, CachedPage>;
+    fn deref(&self) -> &Self::Target {
+        &self.pages
+    }
+}
+
+impl std::ops::DerefMut for PageMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pages
+    }
+}
+
+/// One file's cache.
+pub struct FileCache {
+    pub rw: RwLock<()>,
+    /// One writeback of the file at a time (a second writer waits for it,
+    /// then finds its pages clean, rather than writing them again).
+    pub(super) wb: Mutex<()>,
+    pub(super) pages: Mutex<PageMap>,
+    /// Signalled when reads of this file's pages complete.
+    pub(super) read_done: Condvar,
+    /// Readahead: the page a sequential reader reads next, and the window
+    /// (0 after a random read).
+    pub(super) ra: Mutex<(u64, u64)>,
+}
+
+/// The page cache of a mount.
+pub struct PageCache {
+    files: Mutex<HashMap<u64, Arc<FileCache>>>,
+    pub(super) cached: AtomicUsize,
+    pub(super) dirty: AtomicUsize,
+    limit: usize,
+}
+
+/// Lock a mutex, surviving a poisoned one (a panicked holder left the
+/// data as it was; the filesystem reports errors rather than dying).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PageCache {
+    pub fn new(limit_bytes: u64) -> PageCache {
+        PageCache {
+            files: Mutex::new(HashMap::new()),
+            cached: AtomicUsize::new(0),
+            dirty: AtomicUsize::new(0),
+            limit: (limit_bytes / BLOCK_SIZE_U64).max(256) as usize,
+        }
+    }
+
+    /// The cache of file `ino` (made if absent).
+    pub fn file(&self, ino: u64) -> Arc<FileCache> {
+        lock(&self.files)
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(FileCache {
+                    rw: RwLock::new(()),
+                    wb: Mutex::new(()),
+                    pages: Mutex::new(PageMap::default()),
+                    read_done: Condvar::new(),
+                    ra: Mutex::new((0, RA_MIN)),
+                })
+            })
+            .clone()
+    }
+
+    pub(super) fn existing(&self, ino: u64) -> Option<Arc<FileCache>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    /// Files with dirty pages.
+    pub fn dirty_files(&self) -> Vec<u64> {
+        let files: Vec<(u64, Arc<FileCache>)> = lock(&self.files)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        files
+            .into_iter()
+            .filter(|(_, f)| lock(&f.pages).values().any(|p| p.dirty))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Drop file `ino`'s cache (its inode is gone).
+    pub fn forget_file(&self, ino: u64) {
+        if let Some(fc) = lock(&self.files).remove(&ino) {
+            let pages = std::mem::take(&mut lock(&fc.pages).pages);
+            let dirty = pages.values().filter(|p| p.dirty).count();
+            self.cached.fetch_sub(pages.len(), Ordering::Relaxed);
+            self.dirty.fetch_sub(dirty, Ordering::Relaxed);
+        }
+    }
+
+    /// Drop file `ino`'s cache entry if it holds no dirty page and nobody
+    /// uses it (the kernel forgot the inode): clean pages go with it, so
+    /// the map of files doesn't grow with every file ever touched.
+    pub fn release_file(&self, ino: u64) {
+        let mut files = lock(&self.files);
+        let Some(fc) = files.get(&ino) else { return };
+        if Arc::strong_count(fc) > 1 {
+            return;
+        }
+        let n = {
+            let pm = lock(&fc.pages);
+            if pm.values().any(|p| p.dirty) || !pm.reading.is_empty() {
+                return;
+            }
+            pm.len()
+        };
+        files.remove(&ino);
+        self.cached.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn over_dirty_limit(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed) > self.limit / 2
+    }
+
+    /// Evict clean pages until the cache is under its limit (files busy
+    /// right now are skipped).
+    pub fn shrink(&self) {
+        if self.cached.load(Ordering::Relaxed) <= self.limit {
+            return;
+        }
+        let target = self.limit * 3 / 4;
+        let files: Vec<(u64, Arc<FileCache>)> = lock(&self.files)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (_, fc) in files {
+            if self.cached.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let Ok(_g) = fc.rw.try_write() else {
+                continue;
+            };
+            let mut pages = lock(&fc.pages);
+            let before = pages.len();
+            pages.retain(|_, p| p.dirty);
+            self.cached
+                .fetch_sub(before - pages.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Drop pages from `first` on, and zero `[from, to)` bytes inside page
+    /// `partial` if cached (truncate and hole punching; the caller holds
+    /// the file's `rw` exclusively).
+    pub(super) fn drop_range(&self, fc: &FileCache, first: u64, end: u64) {
+        let mut pages = lock(&fc.pages);
+        let gone: Vec<u64> = pages.range(first..end).map(|(k, _)| *k).collect();
+        for k in gone {
+            if let Some(p) = pages.remove(&k) {
+                self.cached.fetch_sub(1, Ordering::Relaxed);
+                if p.dirty {
+                    self.dirty.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> (usize, usize, usize) {
+        (
+            self.cached.load(Ordering::Relaxed),
+            self.dirty.load(Ordering::Relaxed),
+            self.limit,
+        )
+    }
+}
