@@ -252,3 +252,17 @@ _check_scratch_fs() {
 # _used_kib DIR: KiB in use on DIR's filesystem (statfs: blocks - bfree).
 _used_kib() { df -k --output=used "$1" | tail -1 | tr -d ' '; }
 _avail_kib() { df -k --output=avail "$1" | tail -1 | tr -d ' '; }
+
+# _wait_used_below DIR KIB [SECS]: wait (default up to 15 s) until DIR's
+# filesystem has less than KIB in use; filesystems may free space at their
+# next commit (btrfs, biofs) rather than at unlink. Fails if it never does.
+_wait_used_below() {
+    local dir=$1 kib=$2 secs=${3:-15} i used
+    for ((i = 0; i < secs * 4; i++)); do
+        used=$(_used_kib "$dir")
+        [ "$used" -lt "$kib" ] && { _log "used $used KiB after $((i / 4)) s"; return 0; }
+        sleep 0.25
+    done
+    _log "still $used KiB used after $secs s (wanted < $kib)"
+    return 1
+}
