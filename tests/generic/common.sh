@@ -71,8 +71,9 @@ _require_biofs() {
 }
 
 _require_biofs_tools() {
-    [ -x "$MKFS_BIOFS" ] && [ -x "$FSCK_BIOFS" ] ||
+    if [ ! -x "$MKFS_BIOFS" ] || [ ! -x "$FSCK_BIOFS" ]; then
         _notrun "mkfs.biofs and fsck.biofs are not available"
+    fi
 }
 
 _require_root() { [ "$(id -u)" -eq 0 ] || _notrun "needs root"; }
