@@ -210,13 +210,15 @@ _scratch_mkfs() {
     esac || _fail "scratch mkfs failed (see $seqres.full)"
 }
 
+# _scratch_mount [OPTIONS]: mount the scratch filesystem (OPTIONS: extra
+# mount options such as ro).
 _scratch_mount() {
     _scratch_used
     local size
     size=$(cat "$CHECK_STATE/scratch_size" 2>/dev/null || echo "$SCRATCH_SIZE")
     case $FSTYP in
-        biofs) "$BIOFS" -o "$BIOFS_MOUNT_OPTIONS" "$SCRATCH_IMAGE" "$SCRATCH_MNT" ;;
-        ext4) mount -o loop "$SCRATCH_IMAGE" "$SCRATCH_MNT" ;;
+        biofs) "$BIOFS" -o "$BIOFS_MOUNT_OPTIONS${1:+,$1}" "$SCRATCH_IMAGE" "$SCRATCH_MNT" ;;
+        ext4) mount -o "loop${1:+,$1}" "$SCRATCH_IMAGE" "$SCRATCH_MNT" ;;
         tmpfs) mount -t tmpfs -o "size=$size" tmpfs "$SCRATCH_MNT" ;;
     esac >>"$seqres.full" 2>&1 || _fail "scratch mount failed (see $seqres.full)"
 }
