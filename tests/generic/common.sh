@@ -18,7 +18,7 @@
 # compared), writes anything else to $seqres.full, and ends with exit 0
 # (pass, if the output matches), _fail (fail) or _notrun (skip).
 # shellcheck shell=bash
-# shellcheck disable=SC2034  # variables set here are used by the tests
+# shellcheck disable=SC2034,SC2120,SC2119  # variables are used by the tests; _scratch_mount's options are optional
 
 export LC_ALL=C
 here=${here:-$(pwd)}
