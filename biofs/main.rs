@@ -82,10 +82,13 @@ OPTIONS
             Threads serving FUSE requests, 1 to 256 (default 32). Each
             request holds a thread until its I/O is done, so this bounds
             the I/O in flight; each thread keeps a 1 MiB buffer.
-        nowritecache, writecache
-            Turn off the kernel's writeback cache, so that each write is
-            passed on as it is made, or keep it (the default: writes are
-            cached in the kernel and passed on in large batches).
+        writecache, nowritecache
+            Turn on the kernel's writeback cache (writes are cached in the
+            kernel and passed on later in large batches: faster for small
+            writes), or leave it off (the default: each write reaches
+            biofs as it is made, so a full filesystem fails the write()
+            itself with ENOSPC; with the cache the error only shows at
+            fsync or close).
         commit=SECS
             Seconds between background journal commits and writeback of
             dirty data (default 5; 0 means the default).

@@ -58,6 +58,11 @@ impl Allocator {
         ))
     }
 
+    /// Blocks freed in the running transaction (reusable after it commits).
+    pub fn pending_len(&self) -> u64 {
+        self.pending_free.len() as u64
+    }
+
     /// The running transaction committed: its frees become reusable.
     pub fn committed(&mut self) {
         self.pending_free.clear();

@@ -318,6 +318,7 @@ impl DataCtx<'_> {
                     page,
                     dirty: false,
                     gen: 0,
+                    reserved: false,
                 });
                 self.cache.cached.fetch_add(1, Ordering::Relaxed);
             }
@@ -415,6 +416,22 @@ impl DataCtx<'_> {
         }
         {
             let mut pages = lock(&fc.pages);
+            // Promise a block to each page this write dirties over a hole
+            // (delayed allocation): no room is ENOSPC now, before anything
+            // changes, not a lost write later.
+            let unpromised: Vec<u64> = (first..=last)
+                .filter(|i| pages.get(i).is_none_or(|p| !p.reserved))
+                .collect();
+            let holes: Vec<u64> = {
+                let mut m = lock(self.meta);
+                let st = m.load(ino)?;
+                let holes: Vec<u64> = unpromised
+                    .into_iter()
+                    .filter(|&i| matches!(extmap::lookup(&st.map, i), Mapping::Hole { .. }))
+                    .collect();
+                m.reserve(holes.len() as u64)?;
+                holes
+            };
             for i in first..=last {
                 let start = i * BLOCK_SIZE_U64;
                 let lo = off.max(start);
@@ -425,8 +442,12 @@ impl DataCtx<'_> {
                         page: Page::new(),
                         dirty: false,
                         gen: 0,
+                        reserved: false,
                     }
                 });
+                if holes.binary_search(&i).is_ok() {
+                    cp.reserved = true;
+                }
                 let buf = cp.page.make_mut();
                 buf[(lo - start) as usize..(hi - start) as usize]
                     .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
@@ -492,15 +513,23 @@ impl DataCtx<'_> {
             m.map_changed(ino);
         }
         drop(m);
-        let mut pages = lock(&fc.pages);
-        for (i, _, _, gen) in &plan {
-            if let Some(p) = pages.get_mut(i) {
-                if p.gen == *gen && p.dirty {
-                    p.dirty = false;
-                    self.cache.dirty.fetch_sub(1, Ordering::Relaxed);
+        let mut released = 0;
+        {
+            let mut pages = lock(&fc.pages);
+            for (i, _, _, gen) in &plan {
+                if let Some(p) = pages.get_mut(i) {
+                    // The page has its block now, written again or not.
+                    if std::mem::take(&mut p.reserved) {
+                        released += 1;
+                    }
+                    if p.gen == *gen && p.dirty {
+                        p.dirty = false;
+                        self.cache.dirty.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
+        lock(self.meta).unreserve(released);
         err.map_or(Ok(()), Err)
     }
 
@@ -602,8 +631,10 @@ impl DataCtx<'_> {
         if size < old {
             self.zero_partial(&fc, ino, size, size.next_multiple_of(BLOCK_SIZE_U64), pid)?;
             let keep = size.div_ceil(BLOCK_SIZE_U64);
-            self.cache.drop_range(&fc, keep, u64::MAX);
-            lock(self.meta).punch(ino, keep, u64::MAX)?;
+            let released = self.cache.drop_range(&fc, keep, u64::MAX);
+            let mut m = lock(self.meta);
+            m.unreserve(released);
+            m.punch(ino, keep, u64::MAX)?;
         }
         let mut m = lock(self.meta);
         let st = m.get_mut(ino)?;
@@ -624,7 +655,12 @@ impl DataCtx<'_> {
         if let Some(cp) = pages.get_mut(&i) {
             let start = i * BLOCK_SIZE_U64;
             let hi = to.min(start + BLOCK_SIZE_U64);
-            cp.page.make_mut()[(from - start) as usize..(hi - start) as usize].fill(0);
+            let range = (from - start) as usize..(hi - start) as usize;
+            if cp.page.as_slice()[range.clone()].iter().all(|&b| b == 0) {
+                // Nothing changes (a hole's page, or zeros already).
+                return Ok(());
+            }
+            cp.page.make_mut()[range].fill(0);
             if !cp.dirty {
                 cp.dirty = true;
                 self.cache.dirty.fetch_add(1, Ordering::Relaxed);
@@ -659,8 +695,9 @@ impl DataCtx<'_> {
         if end % BLOCK_SIZE_U64 != 0 {
             self.zero_partial(&fc, ino, end_full * BLOCK_SIZE_U64, end, pid)?;
         }
-        self.cache.drop_range(&fc, first_full, end_full);
+        let released = self.cache.drop_range(&fc, first_full, end_full);
         let mut m = lock(self.meta);
+        m.unreserve(released);
         m.punch(ino, first_full, end_full)?;
         if keep_allocated {
             allocate_unwritten(&mut m, ino, first_full, end_full)?;
@@ -693,6 +730,7 @@ pub fn allocate_unwritten(m: &mut Meta, ino: u64, from: u64, to: u64) -> FsResul
             Mapping::Mapped { len, .. } => l += len.min(to - l),
             Mapping::Hole { len } => {
                 let want = len.min(to - l).min(u64::from(u32::MAX)) as u32;
+                m.check_data_room(u64::from(want))?;
                 let (p, got) = m.alloc_blocks(goal, want)?;
                 let st = m.get_mut(ino)?;
                 extmap::insert(

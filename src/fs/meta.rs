@@ -27,6 +27,11 @@ use crate::format::INODE_SIZE;
 /// Clean metadata blocks kept in memory (16 MiB).
 const CACHE_BLOCKS: usize = 4096;
 
+/// Blocks a metadata operation may need at most (a directory split at
+/// every level, an xattr block, a long symlink): it is refused with
+/// ENOSPC up front when fewer are free, so it never fails half done.
+const META_OP_BLOCKS: u64 = 16;
+
 /// Most links to one inode (ext4's `EXT4_LINK_MAX`).
 pub const LINK_MAX: u32 = 65000;
 
@@ -70,6 +75,16 @@ pub struct Meta {
     orphan_prev: HashMap<u64, u64>,
     pub inodes: HashMap<u64, InodeState>,
     dirty: BTreeSet<u64>,
+    /// Blocks free for use now (the bitmaps' count less blocks freed in
+    /// the running transaction, which are not reusable before it commits).
+    free_count: u64,
+    /// Blocks promised to dirty pages that have none yet (delayed
+    /// allocation): a write that can't be promised space gets ENOSPC then,
+    /// not its writeback later.
+    reserved: u64,
+    /// Blocks data can't be promised: room for the metadata (extent trees,
+    /// directories, xattrs) of changes already accepted.
+    margin: u64,
     /// Set after a failed commit: no more changes (as ext4's
     /// errors=remount-ro).
     pub failed: bool,
@@ -147,8 +162,18 @@ impl Meta {
         };
         let sb = j.superblock().clone();
         let geo = sb.geometry()?;
+        let alloc = Allocator::new(geo, sb.seed());
+        let mut bufs = Buffers {
+            j,
+            txn: Txn::default(),
+            cache: HashMap::new(),
+        };
+        let (free_count, _) = alloc.free_counts(&mut bufs)?;
         Ok(Meta {
-            alloc: Allocator::new(geo, sb.seed()),
+            free_count,
+            reserved: 0,
+            margin: (geo.data_blocks() / 100).max(128),
+            alloc,
             geo,
             seed: sb.seed(),
             hash_seed: sb.hash_seed,
@@ -159,11 +184,7 @@ impl Meta {
             dirty: BTreeSet::new(),
             failed: false,
             read_only,
-            bufs: Buffers {
-                j,
-                txn: Txn::default(),
-                cache: HashMap::new(),
-            },
+            bufs,
         })
     }
 
@@ -269,9 +290,52 @@ impl Meta {
     /// Allocate up to `want` blocks near `goal`.
     pub fn alloc_blocks(&mut self, goal: u64, want: u32) -> FsResult<(u64, u32)> {
         self.check_writable()?;
-        self.alloc
+        let (b, got) = self
+            .alloc
             .alloc_blocks(&mut self.bufs, goal, want)
-            .map_err(|e| fail("allocating", e))
+            .map_err(|e| fail("allocating", e))?;
+        self.free_count = self.free_count.saturating_sub(u64::from(got));
+        Ok((b, got))
+    }
+
+    /// Promise `n` blocks to dirty pages (ENOSPC if they would cut into
+    /// the metadata margin).
+    pub fn reserve(&mut self, n: u64) -> FsResult<()> {
+        self.check_data_room(n)?;
+        self.reserved += n;
+        Ok(())
+    }
+
+    /// `n` promised blocks were allocated (or their pages dropped).
+    pub fn unreserve(&mut self, n: u64) {
+        self.reserved = self.reserved.saturating_sub(n);
+    }
+
+    /// ENOSPC unless `n` blocks can go to data.
+    pub fn check_data_room(&self, n: u64) -> FsResult<()> {
+        if self.free_count < self.reserved + self.margin + n {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
+    }
+
+    /// ENOSPC unless a metadata operation surely finds its blocks.
+    pub fn check_meta_room(&self) -> FsResult<()> {
+        if self.free_count < self.reserved + META_OP_BLOCKS {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
+    }
+
+    /// Blocks freed in the running transaction, usable once it commits.
+    pub fn pending_frees(&self) -> u64 {
+        self.alloc.pending_len()
+    }
+
+    /// Free blocks for statfs: free now, and available to data.
+    pub fn block_counts(&self) -> (u64, u64) {
+        let free = self.free_count.saturating_sub(self.reserved);
+        (free, free.saturating_sub(self.margin))
     }
 
     /// Free blocks `[start, start+len)`; `metadata`: revoke them too (they
@@ -487,7 +551,13 @@ impl Meta {
         if self.failed {
             return Err(Errno::EIO);
         }
-        self.flush_inodes()?;
+        if let Err(e) = self.flush_inodes() {
+            // Some inodes may be encoded and others not: nothing of this
+            // transaction may reach the disk.
+            self.failed = true;
+            log::error!("commit failed; no more changes will be accepted");
+            return Err(e);
+        }
         if self.bufs.txn.is_empty() {
             return Ok(false);
         }
@@ -500,6 +570,7 @@ impl Meta {
         for b in blocks {
             self.bufs.cache.remove(&b);
         }
+        self.free_count += self.alloc.pending_len();
         self.alloc.committed();
         Ok(true)
     }

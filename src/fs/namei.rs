@@ -226,6 +226,7 @@ impl Meta {
         fill: &mut dyn FnMut(&mut Meta, u64) -> FsResult<()>,
     ) -> FsResult<Attr> {
         check_name(name)?;
+        self.check_meta_room()?;
         let ftype = FileType::from_mode(mode).ok_or(Errno::EINVAL)?;
         let is_dir = ftype == FileType::Directory;
         let p = self.get(parent)?.clone();
@@ -327,6 +328,7 @@ impl Meta {
 
     pub fn link(&mut self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
+        self.check_meta_room()?;
         let i = self.get(ino)?;
         if i.file_type() == FileType::Directory {
             return Err(Errno::EPERM);
@@ -431,6 +433,7 @@ impl Meta {
     ) -> FsResult<()> {
         check_name(name)?;
         check_name(newname)?;
+        self.check_meta_room()?;
         if flags.exchange && flags.noreplace {
             return Err(Errno::EINVAL);
         }

@@ -147,7 +147,8 @@ impl Core {
         if gone {
             let fc = self.cache.file(ino);
             let _g = write_lock(&fc.rw);
-            self.cache.forget_file(ino);
+            let released = self.cache.forget_file(ino);
+            lock(&self.meta).unreserve(released);
         }
         lock(&self.meta).maybe_evict(ino)
     }
@@ -295,6 +296,19 @@ impl Fs {
         self.core.dev.queue().stats()
     }
 
+    /// Run `op`; if it finds no space while blocks freed in the running
+    /// transaction wait for its commit, commit and run it again (as ext4
+    /// retries an allocation after forcing a commit).
+    fn with_room<T>(&self, pid: u32, op: impl Fn() -> FsResult<T>) -> FsResult<T> {
+        match op() {
+            Err(Errno::ENOSPC) if self.meta().pending_frees() > 0 => {
+                self.core.sync(ioprio_of(pid))?;
+                op()
+            }
+            r => r,
+        }
+    }
+
     fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
         lock(&self.core.meta)
     }
@@ -383,11 +397,13 @@ impl Fs {
         if matches!(ft, FileType::Directory | FileType::Symlink) {
             return Err(Errno::EINVAL);
         }
-        let a = self.meta().make(ctx, parent, name, mode, &mut |m, ino| {
-            if matches!(ft, FileType::CharDev | FileType::BlockDev) {
-                m.get_mut(ino)?.inode.rdev_or_parent = u64::from(rdev);
-            }
-            Ok(())
+        let a = self.with_room(ctx.pid, || {
+            self.meta().make(ctx, parent, name, mode, &mut |m, ino| {
+                if matches!(ft, FileType::CharDev | FileType::BlockDev) {
+                    m.get_mut(ino)?.inode.rdev_or_parent = u64::from(rdev);
+                }
+                Ok(())
+            })
         })?;
         self.core.after_change(None, ctx.pid);
         Ok(a)
@@ -396,9 +412,10 @@ impl Fs {
     pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32) -> FsResult<Attr> {
         self.writable()?;
         let mode = S_IFDIR | (mode & 0o7777);
-        let a = self
-            .meta()
-            .make(ctx, parent, name, mode, &mut |_, _| Ok(()))?;
+        let a = self.with_room(ctx.pid, || {
+            self.meta()
+                .make(ctx, parent, name, mode, &mut |_, _| Ok(()))
+        })?;
         self.core.after_change(None, ctx.pid);
         Ok(a)
     }
@@ -408,9 +425,11 @@ impl Fs {
     pub fn create(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32) -> FsResult<Attr> {
         self.writable()?;
         let mode = S_IFREG | (mode & 0o7777);
-        let a = self.meta().make(ctx, parent, name, mode, &mut |m, ino| {
-            m.get_mut(ino)?.opens = 1;
-            Ok(())
+        let a = self.with_room(ctx.pid, || {
+            self.meta().make(ctx, parent, name, mode, &mut |m, ino| {
+                m.get_mut(ino)?.opens = 1;
+                Ok(())
+            })
         })?;
         self.core.after_change(None, ctx.pid);
         Ok(a)
@@ -418,11 +437,12 @@ impl Fs {
 
     pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Attr> {
         self.writable()?;
-        let a = self
-            .meta()
-            .make(ctx, parent, name, SYMLINK_MODE, &mut |m, ino| {
-                m.set_symlink(ino, target)
-            })?;
+        let a = self.with_room(ctx.pid, || {
+            self.meta()
+                .make(ctx, parent, name, SYMLINK_MODE, &mut |m, ino| {
+                    m.set_symlink(ino, target)
+                })
+        })?;
         self.core.after_change(None, ctx.pid);
         Ok(a)
     }
@@ -493,7 +513,9 @@ impl Fs {
     /// the bytes written.
     pub fn write(&self, ctx: &Ctx, ino: u64, off: u64, data: &[u8], append: bool) -> FsResult<u32> {
         self.writable()?;
-        let n = self.core.data().write(ino, off, data, append, ctx.pid)?;
+        let n = self.with_room(ctx.pid, || {
+            self.core.data().write(ino, off, data, append, ctx.pid)
+        })?;
         self.core.after_change(Some(ino), ctx.pid);
         Ok(n)
     }
@@ -571,11 +593,12 @@ impl Fs {
 
     pub fn statfs(&self) -> FsResult<StatFs> {
         let mut m = self.meta();
-        let (bfree, ffree) = m.free_counts()?;
+        let (_, ffree) = m.free_counts()?;
+        let (bfree, bavail) = m.block_counts();
         Ok(StatFs {
             blocks: m.geo.data_blocks(),
             bfree,
-            bavail: bfree,
+            bavail,
             files: m.geo.inodes_count(),
             ffree,
             bsize: BLOCK_SIZE_U64 as u32,

@@ -17,6 +17,9 @@ pub(super) struct CachedPage {
     pub(super) dirty: bool,
     /// Bumped by every write, so writeback cleans only what it wrote.
     pub(super) gen: u64,
+    /// A block is promised to this page (`Meta::reserve`): it was dirtied
+    /// over a hole and has not been written back since.
+    pub(super) reserved: bool,
 }
 
 /// A file's pages, and those being read right now (the kernel's locked
@@ -120,13 +123,17 @@ impl PageCache {
     }
 
     /// Drop file `ino`'s cache (its inode is gone).
-    pub fn forget_file(&self, ino: u64) {
-        if let Some(fc) = lock(&self.files).remove(&ino) {
-            let pages = std::mem::take(&mut lock(&fc.pages).pages);
-            let dirty = pages.values().filter(|p| p.dirty).count();
-            self.cached.fetch_sub(pages.len(), Ordering::Relaxed);
-            self.dirty.fetch_sub(dirty, Ordering::Relaxed);
-        }
+    /// Returns the block reservations its pages held (for the caller to
+    /// give back).
+    pub fn forget_file(&self, ino: u64) -> u64 {
+        let Some(fc) = lock(&self.files).remove(&ino) else {
+            return 0;
+        };
+        let pages = std::mem::take(&mut lock(&fc.pages).pages);
+        let dirty = pages.values().filter(|p| p.dirty).count();
+        self.cached.fetch_sub(pages.len(), Ordering::Relaxed);
+        self.dirty.fetch_sub(dirty, Ordering::Relaxed);
+        pages.values().filter(|p| p.reserved).count() as u64
     }
 
     /// Drop file `ino`'s cache entry if it holds no dirty page and nobody
@@ -179,20 +186,23 @@ impl PageCache {
         }
     }
 
-    /// Drop pages from `first` on, and zero `[from, to)` bytes inside page
-    /// `partial` if cached (truncate and hole punching; the caller holds
-    /// the file's `rw` exclusively).
-    pub(super) fn drop_range(&self, fc: &FileCache, first: u64, end: u64) {
+    /// Drop pages `[first, end)` (truncate and hole punching; the caller
+    /// holds the file's `rw` exclusively).
+    /// Returns the block reservations the dropped pages held.
+    pub(super) fn drop_range(&self, fc: &FileCache, first: u64, end: u64) -> u64 {
         let mut pages = lock(&fc.pages);
         let gone: Vec<u64> = pages.range(first..end).map(|(k, _)| *k).collect();
+        let mut reserved = 0;
         for k in gone {
             if let Some(p) = pages.remove(&k) {
                 self.cached.fetch_sub(1, Ordering::Relaxed);
                 if p.dirty {
                     self.dirty.fetch_sub(1, Ordering::Relaxed);
                 }
+                reserved += u64::from(p.reserved);
             }
         }
+        reserved
     }
 
     pub fn stats(&self) -> (usize, usize, usize) {

@@ -36,6 +36,7 @@ impl Meta {
         let b = if old != 0 {
             old
         } else {
+            self.check_meta_room()?;
             let goal = self.geo.group_start(self.geo.ino_group(ino).0);
             let (b, _) = self.alloc_blocks(goal, 1)?;
             let st = self.get_mut(ino)?;

@@ -45,22 +45,17 @@ pub(super) const TTL: Duration = Duration::from_secs(1);
 /// `max_pages` (256 pages here), which fuser derives from these.
 const MAX_IO: u32 = 1 << 20;
 
-/// What the adapter negotiates with the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the adapter negotiates with the kernel (both off by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FuseConfig {
     /// FUSE_WRITEBACK_CACHE: the kernel caches writes and owns file sizes.
+    /// Off by default: with it a write() never reaches biofs, so a full
+    /// filesystem can't refuse it (the error surfaces at fsync or close,
+    /// after the application believed the data written); biofs has its
+    /// own page cache.
     pub writeback_cache: bool,
     /// FUSE_POSIX_ACL: the kernel enforces POSIX ACLs stored as xattrs.
     pub posix_acl: bool,
-}
-
-impl Default for FuseConfig {
-    fn default() -> Self {
-        FuseConfig {
-            writeback_cache: true,
-            posix_acl: false,
-        }
-    }
 }
 
 /// The FUSE filesystem of a mounted biofs.

@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(o.fs.cache_bytes, MountOptions::default().cache_bytes);
         assert_eq!(o.fs.commit_interval_secs, 5);
         assert_eq!(o.threads, DEFAULT_THREADS);
-        assert!(o.fuse.writeback_cache);
+        assert!(!o.fuse.writeback_cache);
         assert!(!o.fuse.posix_acl);
         assert!(!o.allow_other);
         assert_eq!(o.fsname, None);
@@ -269,7 +269,7 @@ mod tests {
     fn every_option_lands() -> Result<(), String> {
         let o = parse(&[
             "ro,allow_other,acl,cache_size=64M,workers=3",
-            "verify=off,threads=8,nowritecache,commit=30,fsname=data,log=/tmp/b.log",
+            "verify=off,threads=8,writecache,commit=30,fsname=data,log=/tmp/b.log",
         ])?;
         assert!(o.fs.read_only);
         assert!(o.allow_other);
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(o.fs.workers, 3);
         assert!(!o.fs.verify_reads);
         assert_eq!(o.threads, 8);
-        assert!(!o.fuse.writeback_cache);
+        assert!(o.fuse.writeback_cache);
         assert_eq!(o.fs.commit_interval_secs, 30);
         assert_eq!(o.fsname.as_deref(), Some("data"));
         assert_eq!(o.log, Some(PathBuf::from("/tmp/b.log")));
