@@ -190,3 +190,52 @@ fn io_uring_random_reads_and_overwrites_match_a_model() {
     }
     assert_eq!(q.stats().integrity_failed, 0);
 }
+
+/// Regression: an io_uring worker with a write in flight took a read of the
+/// same range and waited for the range lock, i.e. for itself: the queue
+/// hung (seen as a stuck `the_engine_on_an_o_direct_image_file_through_io_uring`).
+/// One worker, overlapping writes and reads submitted together, many times.
+#[test]
+fn regression_an_io_uring_worker_never_waits_for_its_own_transfer() {
+    let (_dir, image) = image("disk.img");
+    let dev = formatted_direct(&image);
+    let config = QueueConfig {
+        integrity: IntegrityMode::on(),
+        io_mode: IoMode::Uring { depth: 8 },
+        nr_workers: 1,
+        queue_depth: 8,
+        ..QueueConfig::default()
+    };
+    let q = Arc::new(Queue::new(Arc::clone(&dev), config).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let qq = Arc::clone(&q);
+    std::thread::spawn(move || {
+        for round in 0..200u64 {
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            {
+                let _plug = Plug::new();
+                for k in 0..4u64 {
+                    let sector = Sector((round % 16) * 8);
+                    let mut w = Bio::new(ReqOp::Write, sector, 1);
+                    w.add_page(pattern_page(round + k), PAGE_SIZE as u32, 0);
+                    let t = done_tx.clone();
+                    w.set_end_io(move |b| drop(t.send(b.status())));
+                    qq.submit_bio(w);
+                    let mut r = Bio::new(ReqOp::Read, sector, 1);
+                    r.add_page(biofs::block::Page::new(), PAGE_SIZE as u32, 0);
+                    let t = done_tx.clone();
+                    r.set_end_io(move |b| drop(t.send(b.status())));
+                    qq.submit_bio(r);
+                }
+            }
+            for _ in 0..8 {
+                assert!(done_rx.recv().unwrap().is_ok());
+            }
+        }
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(),
+        "the queue hung: a worker waited for its own in-flight transfer"
+    );
+}

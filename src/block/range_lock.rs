@@ -99,11 +99,48 @@ impl RangeLocks {
     }
 }
 
+impl RangeLocks {
+    /// Hold `[start, end)` if no conflicting range is held; `None` (holding
+    /// nothing) otherwise. For a worker that must not wait while it has
+    /// transfers of its own in flight: it could be waiting for itself.
+    pub(crate) fn try_lock(&self, start: u64, end: u64, exclusive: bool) -> Option<RangeGuard<'_>> {
+        let range = Held {
+            start,
+            end,
+            exclusive,
+        };
+        let shards: Vec<usize> = Self::shards_of(start, end).collect();
+        for (k, &i) in shards.iter().enumerate() {
+            let mut held = self.shards[i]
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if held
+                .iter()
+                .any(|h| h.start < end && start < h.end && (h.exclusive || exclusive))
+            {
+                drop(held);
+                self.release(range, shards[..k].iter().copied());
+                return None;
+            }
+            held.push(range);
+        }
+        Some(RangeGuard { locks: self, range })
+    }
+}
+
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
         let r = self.range;
-        for i in RangeLocks::shards_of(r.start, r.end) {
-            let shard = &self.locks.shards[i];
+        self.locks.release(r, RangeLocks::shards_of(r.start, r.end));
+    }
+}
+
+impl RangeLocks {
+    /// Stop holding `r` in `shards`, waking whoever waits there.
+    fn release(&self, r: Held, shards: impl Iterator<Item = usize>) {
+        for i in shards {
+            let shard = &self.shards[i];
             let mut held = shard.held.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(pos) = held.iter().position(|h| *h == r) {
                 held.swap_remove(pos);

@@ -70,7 +70,9 @@ impl QueueInner {
     /// protocol around it (docs/integrity.md).
     pub(crate) fn execute(&self, rq: &mut Request) -> io::Result<()> {
         if rq.op.has_data() {
-            let ctx = self.pre_io(rq)?;
+            let ctx = self
+                .pre_io(rq, true)?
+                .ok_or_else(|| io::Error::other("range lock not taken"))?;
             let result = self.do_io(rq);
             return self.post_io(rq, ctx, result);
         }
@@ -106,30 +108,46 @@ impl QueueInner {
     /// Before a read or write's data transfer: hold its sector range, do a
     /// PREFLUSH, and mark the regions a write touches dirty (integrity on).
     /// On error nothing is held and the transfer must not be issued.
-    pub(crate) fn pre_io(&self, rq: &Request) -> io::Result<IoCtx<'_>> {
+    /// Without `wait`, `Ok(None)` (nothing done) if the range is held by
+    /// another transfer: a worker with transfers of its own in flight must
+    /// reap them rather than wait, as it may be waiting for itself.
+    pub(crate) fn pre_io(&self, rq: &Request, wait: bool) -> io::Result<Option<IoCtx<'_>>> {
+        let hold = |excl: bool| {
+            if wait {
+                Some(self.ranges.lock(rq.sector.0, rq.end_sector(), excl))
+            } else {
+                self.ranges.try_lock(rq.sector.0, rq.end_sector(), excl)
+            }
+        };
         let preflush = rq.op == ReqOp::Write && rq.flags.contains(ReqFlags::PREFLUSH);
         let Some(store) = &self.integrity else {
             if preflush {
                 self.backend.flush()?;
             }
-            return Ok(IoCtx {
+            return Ok(Some(IoCtx {
                 _range: None,
                 ranges: Vec::new(),
-            });
+            }));
         };
         let profile = *store.profile();
         // Data and tuples of overlapping requests change together; a read
         // needs the range only if it will load tuples to verify against.
         if rq.op != ReqOp::Write {
-            let range = self
-                .verify_reads
-                .then(|| self.ranges.lock(rq.sector.0, rq.end_sector(), false));
-            return Ok(IoCtx {
+            let range = match self.verify_reads {
+                true => match hold(false) {
+                    Some(g) => Some(g),
+                    None => return Ok(None),
+                },
+                false => None,
+            };
+            return Ok(Some(IoCtx {
                 _range: range,
                 ranges: Vec::new(),
-            });
+            }));
         }
-        let range = self.ranges.lock(rq.sector.0, rq.end_sector(), true);
+        let Some(range) = hold(true) else {
+            return Ok(None);
+        };
         if preflush {
             store.flush()?;
         }
@@ -146,10 +164,10 @@ impl QueueInner {
                 return Err(e);
             }
         }
-        Ok(IoCtx {
+        Ok(Some(IoCtx {
             _range: Some(range),
             ranges,
-        })
+        }))
     }
 
     /// After a read or write's data transfer ended with `result`: store a

@@ -75,8 +75,14 @@ pub(crate) fn uring_worker_loop(
                 ready.extend(q.io_done());
                 continue;
             }
-            let ctx = match q.pre_io(&rq) {
-                Ok(ctx) => ctx,
+            // Wait for a held range only with nothing of ours in flight:
+            // the holder may be one of our own transfers.
+            let ctx = match q.pre_io(&rq, free.len() == depth) {
+                Ok(Some(ctx)) => ctx,
+                Ok(None) => {
+                    ready.push_front(rq);
+                    break;
+                }
                 Err(e) => {
                     finish_request(q, rq, Err(e), verify_tx);
                     ready.extend(q.io_done());

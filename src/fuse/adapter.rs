@@ -726,9 +726,13 @@ mod tests {
 
     #[test]
     fn capabilities_follow_the_options() {
-        let on = FuseFs::wanted_capabilities(FuseConfig::default());
+        let on = FuseFs::wanted_capabilities(FuseConfig {
+            writeback_cache: true,
+            posix_acl: false,
+        });
         for f in [
             InitFlags::FUSE_WRITEBACK_CACHE,
+            InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
@@ -745,6 +749,8 @@ mod tests {
             posix_acl: true,
         });
         assert!(!off.contains(InitFlags::FUSE_WRITEBACK_CACHE));
+        assert!(!FuseFs::wanted_capabilities(FuseConfig::default())
+            .contains(InitFlags::FUSE_WRITEBACK_CACHE));
         assert!(off.contains(InitFlags::FUSE_POSIX_ACL));
         assert!(off.contains(InitFlags::FUSE_DONT_MASK));
     }
