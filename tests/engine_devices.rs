@@ -219,12 +219,16 @@ fn regression_an_io_uring_worker_never_waits_for_its_own_transfer() {
                     let mut w = Bio::new(ReqOp::Write, sector, 1);
                     w.add_page(pattern_page(round + k), PAGE_SIZE as u32, 0);
                     let t = done_tx.clone();
-                    w.set_end_io(move |b| drop(t.send(b.status())));
+                    w.set_end_io(move |b| {
+                        let _ = t.send(b.status());
+                    });
                     qq.submit_bio(w);
                     let mut r = Bio::new(ReqOp::Read, sector, 1);
                     r.add_page(biofs::block::Page::new(), PAGE_SIZE as u32, 0);
                     let t = done_tx.clone();
-                    r.set_end_io(move |b| drop(t.send(b.status())));
+                    r.set_end_io(move |b| {
+                        let _ = t.send(b.status());
+                    });
                     qq.submit_bio(r);
                 }
             }
