@@ -167,20 +167,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let args = match Args::try_parse_from(&argv) {
+    let args: Args = match biofs::cli::parse_args("biofs", &argv) {
         Ok(a) => a,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                _ => 1,
-            };
-            let _ = e.print();
-            if code != 0 {
-                eprintln!("Try 'biofs --help'.");
-            }
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     let mut ready = Ready::Foreground;
     match run(&args, &mut ready) {

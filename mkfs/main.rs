@@ -120,20 +120,9 @@ struct Args {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = match Args::try_parse() {
+    let args: Args = match biofs::cli::parse_args("mkfs.biofs", std::env::args_os()) {
         Ok(a) => a,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                _ => 1,
-            };
-            let _ = e.print();
-            if code != 0 {
-                eprintln!("Try 'mkfs.biofs --help'.");
-            }
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod block;
+pub mod cli;
 pub mod format;
 pub mod fs;
 pub mod fuse;
