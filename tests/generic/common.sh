@@ -279,3 +279,78 @@ _wait_used_below() {
     _log "still $used KiB used after $secs s (wanted < $kib)"
     return 1
 }
+
+# --- killing the filesystem under a workload (group kill) --------------
+
+# _require_scratch_kill: the scratch filesystem can be stopped dead. On
+# biofs that is SIGKILL of the daemon serving SCRATCH_MNT; on ext4 it is
+# a shutdown without a log flush (xfs_io's shutdown, the godown of
+# xfstests), which loses what the journal hadn't committed the same way.
+_require_scratch_kill() {
+    _require_scratch_persistent
+    case $FSTYP in
+        biofs) _require_command pgrep ;;
+        ext4) _require_command xfs_io ;;
+        *) _notrun "can't kill $FSTYP under a workload" ;;
+    esac
+}
+
+# _scratch_daemon_pid: the pid of the biofs daemon serving SCRATCH_MNT
+# (the process named biofs whose command line has the scratch image).
+_scratch_daemon_pid() {
+    local pid
+    for pid in $(pgrep -x biofs); do
+        if tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF "$SCRATCH_IMAGE"; then
+            echo "$pid"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# _scratch_kill_daemon: stop the scratch filesystem dead in the middle of
+# whatever runs on it (biofs: SIGKILL of its daemon; ext4: shutdown without
+# log flush), then detach the dead mount with umount -l. Processes using
+# it see errors (ENOTCONN, EIO) from then on.
+_scratch_kill_daemon() {
+    local pid i
+    case $FSTYP in
+        biofs)
+            pid=$(_scratch_daemon_pid) || _fail "no biofs daemon serves $SCRATCH_MNT"
+            _log "SIGKILL biofs pid $pid"
+            kill -KILL "$pid"
+            for ((i = 0; i < 200; i++)); do
+                [ -d "/proc/$pid" ] || break
+                sleep 0.05
+            done
+            [ -d "/proc/$pid" ] && _fail "biofs pid $pid survived SIGKILL"
+            ;;
+        ext4)
+            xfs_io -x -c "shutdown" "$SCRATCH_MNT" >>"$seqres.full" 2>&1 ||
+                _fail "shutdown of $SCRATCH_MNT failed"
+            ;;
+        *) _fail "can't kill $FSTYP" ;;
+    esac
+    umount -l "$SCRATCH_MNT" >>"$seqres.full" 2>&1 || _fail "umount -l of the dead mount failed"
+    if [ -n "${SCRATCH_IMAGE:-}" ] && [ -e "$SCRATCH_IMAGE" ]; then
+        # ext4: the loop device goes when the last user of the mount does.
+        flock "$SCRATCH_IMAGE" true
+    fi
+}
+
+# _scratch_wait_free: after _scratch_kill_daemon and once the processes
+# that used the dead mount are gone, wait (up to 20 s) until its image is
+# free to mount again (ext4: the loop device of the lazily unmounted
+# filesystem goes away with its last user).
+_scratch_wait_free() {
+    local i
+    [ "$FSTYP" = ext4 ] || return 0
+    for ((i = 0; i < 80; i++)); do
+        [ -z "$(losetup -j "$SCRATCH_IMAGE" 2>/dev/null)" ] && return 0
+        sleep 0.25
+    done
+    _fail "the dead scratch mount still holds $SCRATCH_IMAGE"
+}
+
+# _killwork ...: the kill tests' workload and check (tests/generic/killwork.py).
+_killwork() { python3 "$here/tests/generic/killwork.py" "$@"; }
