@@ -11,6 +11,7 @@
 #   SCRATCH_OK      1 if a scratch filesystem can be made, else why not
 #   MKFS_BIOFS, FSCK_BIOFS, BIOFS   the biofs binaries
 #   BIOFS_FSX, BIOFS_FSSTRESS       the exercisers (FSX_PROG, FSSTRESS_PROG here)
+#   BIOFS_FAULT                     the fault-injection scenarios (FAULT_PROG here)
 #   BIOFS_MOUNT_OPTIONS             -o options of biofs mounts
 #   RESULT_DIR      where this test's .full log goes
 #   CHECK_STATE     scripts/check's private state directory
@@ -80,7 +81,9 @@ _require_biofs_tools() {
 # The exercisers (docs/testing.md, "The exercisers"), built by scripts/check.
 FSX_PROG=${BIOFS_FSX:-}
 FSSTRESS_PROG=${BIOFS_FSSTRESS:-}
-export FSX_PROG FSSTRESS_PROG
+FAULT_PROG=${BIOFS_FAULT:-}
+export FSX_PROG FSSTRESS_PROG FAULT_PROG
+_require_fault() { [ -x "$FAULT_PROG" ] || _notrun "biofs-fault is not built (BIOFS_BIN or cargo)"; }
 _require_fsx() { [ -x "$FSX_PROG" ] || _notrun "biofs-fsx is not built (BIOFS_BIN or cargo)"; }
 _require_fsstress() {
     [ -x "$FSSTRESS_PROG" ] || _notrun "biofs-fsstress is not built (BIOFS_BIN or cargo)"
