@@ -11,6 +11,7 @@
 #   SCRATCH_OK      1 if a scratch filesystem can be made, else why not
 #   MKFS_BIOFS, FSCK_BIOFS, BIOFS   the biofs binaries
 #   BIOFS_FSX, BIOFS_FSSTRESS       the exercisers (FSX_PROG, FSSTRESS_PROG here)
+#   BIOFS_CRASH                     the crash checker (CRASH_PROG here)
 #   BIOFS_MOUNT_OPTIONS             -o options of biofs mounts
 #   RESULT_DIR      where this test's .full log goes
 #   CHECK_STATE     scripts/check's private state directory
@@ -80,11 +81,13 @@ _require_biofs_tools() {
 # The exercisers (docs/testing.md, "The exercisers"), built by scripts/check.
 FSX_PROG=${BIOFS_FSX:-}
 FSSTRESS_PROG=${BIOFS_FSSTRESS:-}
-export FSX_PROG FSSTRESS_PROG
+CRASH_PROG=${BIOFS_CRASH:-}
+export FSX_PROG FSSTRESS_PROG CRASH_PROG
 _require_fsx() { [ -x "$FSX_PROG" ] || _notrun "biofs-fsx is not built (BIOFS_BIN or cargo)"; }
 _require_fsstress() {
     [ -x "$FSSTRESS_PROG" ] || _notrun "biofs-fsstress is not built (BIOFS_BIN or cargo)"
 }
+_require_crash() { [ -x "$CRASH_PROG" ] || _notrun "biofs-crash is not built (BIOFS_BIN or cargo)"; }
 
 _require_root() { [ "$(id -u)" -eq 0 ] || _notrun "needs root"; }
 
