@@ -264,57 +264,20 @@ pub fn logged_device(size: u64) -> std::sync::Arc<biofs::block::backend::LogWrit
     std::sync::Arc::new(LogWritesBackend::new(mem))
 }
 
-/// Crash states of a write log from entry `base` on: every prefix
-/// `(n, None)`, and at each flush point each single write after it lost
-/// `(flush point, Some(index of the lost write))`, except FUA writes (see
-/// below).
+/// Crash states of a write log from entry `base` on (see
+/// [`biofs::block::backend::logwrites::crash_states`]).
 pub fn crash_states(
     lw: &biofs::block::backend::LogWritesBackend,
     base: usize,
 ) -> Vec<(usize, Option<usize>)> {
-    let len = lw.entries().len();
-    let mut states: Vec<(usize, Option<usize>)> = (base..=len).map(|n| (n, None)).collect();
-    let log = lw.entries();
-    for fp in lw.flush_points().into_iter().filter(|&f| f >= base) {
-        for d in 0..writes_after(lw, fp) {
-            // A FUA write is durable once it completes, and every later
-            // write was issued after that: losing it while keeping later
-            // ones can't happen (losing it with none after is a prefix).
-            let fua = matches!(
-                log.get(fp + d),
-                Some(biofs::block::backend::LogEntry::Write { fua: true, .. })
-            );
-            if !fua {
-                states.push((fp, Some(d)));
-            }
-        }
-    }
-    states
-}
-
-/// Entries after flush point `fp` up to the next flush.
-fn writes_after(lw: &biofs::block::backend::LogWritesBackend, fp: usize) -> usize {
-    let log = lw.entries();
-    log[fp..]
-        .iter()
-        .position(|e| matches!(e, biofs::block::backend::LogEntry::Flush))
-        .unwrap_or(log.len() - fp)
+    biofs::block::backend::logwrites::crash_states(lw, base)
 }
 
 /// A fresh memory device holding crash state `(n, drop)` of `lw`.
 pub fn crash_device(
     lw: &biofs::block::backend::LogWritesBackend,
-    (n, drop): (usize, Option<usize>),
+    state: (usize, Option<usize>),
     size: u64,
 ) -> std::sync::Arc<dyn biofs::block::backend::BlockBackend> {
-    let target: std::sync::Arc<dyn biofs::block::backend::BlockBackend> =
-        std::sync::Arc::new(biofs::block::backend::MemBackend::new(size));
-    match drop {
-        None => lw.replay(n, &*target).expect("replay"),
-        Some(d) => {
-            let keep: Vec<bool> = (0..writes_after(lw, n)).map(|i| i != d).collect();
-            lw.replay_subset(n, &keep, &*target).expect("replay subset");
-        }
-    }
-    target
+    biofs::block::backend::logwrites::crash_device(lw, state, size).expect("replay")
 }

@@ -12,6 +12,7 @@
 #   MKFS_BIOFS, FSCK_BIOFS, BIOFS   the biofs binaries
 #   BIOFS_FSX, BIOFS_FSSTRESS       the exercisers (FSX_PROG, FSSTRESS_PROG here)
 #   BIOFS_FAULT                     the fault-injection scenarios (FAULT_PROG here)
+#   BIOFS_CRASH                     the crash checker (CRASH_PROG here)
 #   BIOFS_MOUNT_OPTIONS             -o options of biofs mounts
 #   RESULT_DIR      where this test's .full log goes
 #   CHECK_STATE     scripts/check's private state directory
@@ -82,12 +83,14 @@ _require_biofs_tools() {
 FSX_PROG=${BIOFS_FSX:-}
 FSSTRESS_PROG=${BIOFS_FSSTRESS:-}
 FAULT_PROG=${BIOFS_FAULT:-}
-export FSX_PROG FSSTRESS_PROG FAULT_PROG
+CRASH_PROG=${BIOFS_CRASH:-}
+export FSX_PROG FSSTRESS_PROG FAULT_PROG CRASH_PROG
 _require_fault() { [ -x "$FAULT_PROG" ] || _notrun "biofs-fault is not built (BIOFS_BIN or cargo)"; }
 _require_fsx() { [ -x "$FSX_PROG" ] || _notrun "biofs-fsx is not built (BIOFS_BIN or cargo)"; }
 _require_fsstress() {
     [ -x "$FSSTRESS_PROG" ] || _notrun "biofs-fsstress is not built (BIOFS_BIN or cargo)"
 }
+_require_crash() { [ -x "$CRASH_PROG" ] || _notrun "biofs-crash is not built (BIOFS_BIN or cargo)"; }
 
 _require_root() { [ "$(id -u)" -eq 0 ] || _notrun "needs root"; }
 

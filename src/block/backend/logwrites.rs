@@ -226,3 +226,57 @@ impl BlockBackend for LogWritesBackend {
         Ok(())
     }
 }
+
+/// A crash state of a write log: `(n, None)` is the prefix of `n` entries;
+/// `(flush point, Some(d))` is everything up to that flush point plus the
+/// writes after it up to the next flush, except the `d`-th of them.
+pub type CrashState = (usize, Option<usize>);
+
+/// Crash states of `lw`'s log from entry `base` on: every prefix
+/// `(n, None)`, and at each flush point each single write after it lost
+/// `(flush point, Some(index of the lost write))`, except FUA writes (see
+/// below). CrashMonkey's states, bounded to one lost write.
+pub fn crash_states(lw: &LogWritesBackend, base: usize) -> Vec<CrashState> {
+    let len = lw.entries().len();
+    let mut states: Vec<CrashState> = (base..=len).map(|n| (n, None)).collect();
+    let log = lw.entries();
+    for fp in lw.flush_points().into_iter().filter(|&f| f >= base) {
+        for d in 0..writes_after(lw, fp) {
+            // A FUA write is durable once it completes, and every later
+            // write was issued after that: losing it while keeping later
+            // ones can't happen (losing it with none after is a prefix).
+            let fua = matches!(log.get(fp + d), Some(LogEntry::Write { fua: true, .. }));
+            if !fua {
+                states.push((fp, Some(d)));
+            }
+        }
+    }
+    states
+}
+
+/// Entries after flush point `fp` up to the next flush.
+pub fn writes_after(lw: &LogWritesBackend, fp: usize) -> usize {
+    let log = lw.entries();
+    log[fp..]
+        .iter()
+        .position(|e| matches!(e, LogEntry::Flush))
+        .unwrap_or(log.len() - fp)
+}
+
+/// A fresh memory device of `size` bytes holding crash state `(n, drop)`
+/// of `lw`.
+pub fn crash_device(
+    lw: &LogWritesBackend,
+    (n, drop): CrashState,
+    size: u64,
+) -> io::Result<Arc<dyn BlockBackend>> {
+    let target: Arc<dyn BlockBackend> = Arc::new(super::MemBackend::new(size));
+    match drop {
+        None => lw.replay(n, &*target)?,
+        Some(d) => {
+            let keep: Vec<bool> = (0..writes_after(lw, n)).map(|i| i != d).collect();
+            lw.replay_subset(n, &keep, &*target)?;
+        }
+    }
+    Ok(target)
+}
