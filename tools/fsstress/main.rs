@@ -9,6 +9,11 @@
 //! any other (EIO, EUCLEAN, ...) fails the run. At the end the parent
 //! prints each op's count: attempted, succeeded, expected errors.
 //!
+//! On a failure the parent shrinks it: each failed worker is replayed
+//! alone, in a fresh directory, with fewer and fewer ops (a binary search
+//! on `-n`, same seed), and the shortest failing replay is printed as a
+//! command line. A failure that needs the other workers' races says so.
+//!
 //! Exit status: 0 passed, 1 an unexpected error, 2 usage or setup error.
 
 mod ops;
@@ -39,6 +44,10 @@ struct Args {
     /// Run as worker K (what the parent starts).
     #[arg(long, hide = true, value_name = "K")]
     worker: Option<u32>,
+    /// Testing the tool: worker 0 counts its op N as an unexpected error
+    /// (so the shrinking can be seen to work).
+    #[arg(long, hide = true, value_name = "N")]
+    inject_bug: Option<u64>,
     /// The directory to work in.
     dir: PathBuf,
 }
@@ -72,6 +81,10 @@ fn worker(args: &Args, k: u32) -> ExitCode {
     };
     for i in 0..args.ops {
         w.step(i);
+        if k == 0 && args.inject_bug == Some(i) {
+            eprintln!("biofs-fsstress[w0]: op {i}: injected failure");
+            w.counts.ops[0][3] += 1;
+        }
     }
     println!("{}", w.counts.encode());
     if w.counts.unexpected() > 0 {
@@ -115,6 +128,9 @@ fn parent(args: &Args) -> ExitCode {
         if args.verbose {
             c.arg("-v");
         }
+        if let Some(n) = args.inject_bug {
+            c.arg("--inject-bug").arg(n.to_string());
+        }
         c.arg(&args.dir).stdout(Stdio::piped());
         match c.spawn() {
             Ok(ch) => children.push((k, ch)),
@@ -126,6 +142,7 @@ fn parent(args: &Args) -> ExitCode {
     }
     let mut total = Counts::default();
     let mut bad = 0;
+    let mut failed = Vec::new();
     for (k, ch) in children {
         match ch.wait_with_output() {
             Err(e) => {
@@ -146,6 +163,7 @@ fn parent(args: &Args) -> ExitCode {
                 }
                 if !out.status.success() {
                     bad += 1;
+                    failed.push(k);
                 }
             }
         }
@@ -163,9 +181,69 @@ fn parent(args: &Args) -> ExitCode {
         "biofs-fsstress: {} unexpected errors, {bad} failed workers",
         u
     );
+    for k in failed {
+        shrink(args, &exe, k);
+    }
     if u > 0 || bad > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Does worker `k` fail alone with `n` ops? (Run in a fresh directory.)
+fn fails_alone(args: &Args, exe: &std::path::Path, k: u32, n: u64) -> Option<bool> {
+    let dir = args.dir.join(format!("replay.w{k}.n{n}"));
+    std::fs::create_dir_all(dir.join("shared")).ok()?;
+    let mut c = Command::new(exe);
+    c.arg("--worker").arg(k.to_string());
+    c.arg("-n")
+        .arg(n.to_string())
+        .arg("-S")
+        .arg(args.seed.to_string());
+    if let Some(b) = args.inject_bug {
+        c.arg("--inject-bug").arg(b.to_string());
+    }
+    let status = c
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(!status.ok()?.success())
+}
+
+/// Shrink worker `k`'s failure to the fewest ops that still fail alone,
+/// and print how to replay it.
+fn shrink(args: &Args, exe: &std::path::Path, k: u32) {
+    match fails_alone(args, exe, k, args.ops) {
+        Some(true) => {}
+        Some(false) => {
+            println!("shrink: worker {k} does not fail alone: its failure needs the other workers");
+            return;
+        }
+        None => {
+            println!("shrink: worker {k} could not be replayed");
+            return;
+        }
+    }
+    // The shortest failing prefix: fails at `hi`, passes at `lo`.
+    let (mut lo, mut hi) = (0u64, args.ops);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match fails_alone(args, exe, k, mid) {
+            Some(true) => hi = mid,
+            Some(false) => lo = mid,
+            None => break,
+        }
+    }
+    let inject = args
+        .inject_bug
+        .map_or(String::new(), |b| format!(" --inject-bug {b}"));
+    println!(
+        "shrink: worker {k} fails alone after {hi} ops (op {} is the first that fails); replay: mkdir -p DIR/shared && {} --worker {k} -n {hi} -S {}{inject} -v DIR",
+        hi - 1,
+        exe.display(),
+        args.seed
+    );
 }
