@@ -54,6 +54,14 @@ struct Args {
     /// At the end, write the model (what the file must hold) to this file.
     #[arg(long)]
     save_model: Option<PathBuf>,
+    /// Every K ops: close the file, run the --remount-cmd shell command
+    /// (an unmount and mount of DIR's filesystem), reopen the file and
+    /// check it whole against the model.
+    #[arg(long, value_name = "K", requires = "remount_cmd")]
+    remount_every: Option<u64>,
+    /// The shell command that unmounts and mounts DIR's filesystem again.
+    #[arg(long, value_name = "CMD")]
+    remount_cmd: Option<String>,
     /// Test fsx itself: corrupt one byte of the model after op K (the
     /// first op from K on with a non-empty file), as a filesystem bug
     /// would; the run must then fail and shrink to about K+1 ops.
@@ -117,6 +125,31 @@ fn run(args: &Args, n: u64, loud: bool) -> RunEnd {
     let mut log: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL);
     let mut injected = false;
     for i in 0..n {
+        if let (Some(every), Some(cmd)) = (args.remount_every, &args.remount_cmd) {
+            if i > 0 && every > 0 && i % every == 0 {
+                log.push_back(format!("{:>8} unmount/mount", i + 1));
+                fd.close_now();
+                match std::process::Command::new("sh").arg("-c").arg(cmd).status() {
+                    Ok(st) if st.success() => {}
+                    other => {
+                        return RunEnd::Setup(format!("--remount-cmd failed ({other:?}): {cmd}"))
+                    }
+                }
+                fd = match sys::Fd::open(&path, false) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        return RunEnd::Setup(format!(
+                            "can't reopen {} after the remount: {}",
+                            path.display(),
+                            errno_text(e)
+                        ))
+                    }
+                };
+                if let Some(report) = failure(ops::check_all(&fd, &model), i, &log) {
+                    return RunEnd::Failed { at: i, report };
+                }
+            }
+        }
         let op = ops::draw(&mut rng, model.len() as u64, &lim);
         let line = format!("{:>8} {op}", i + 1);
         if loud && args.verbose {

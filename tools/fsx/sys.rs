@@ -141,10 +141,20 @@ impl Fd {
     }
 }
 
+impl Fd {
+    /// Close now (before an unmount); the value stays, closed.
+    pub fn close_now(&mut self) {
+        if self.0 >= 0 {
+            // SAFETY: the descriptor is owned and closed once (-1 after).
+            unsafe { libc::close(self.0) };
+            self.0 = -1;
+        }
+    }
+}
+
 impl Drop for Fd {
     fn drop(&mut self) {
-        // SAFETY: the descriptor is owned and closed once.
-        unsafe { libc::close(self.0) };
+        self.close_now();
     }
 }
 
