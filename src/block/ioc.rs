@@ -293,12 +293,20 @@ fn task_ioprio(pid: i32) -> io::Result<IoPrio> {
 /// lookup creates the context on first use.
 pub struct IocRegistry {
     map: Mutex<HashMap<i32, Weak<IoContext>>>,
+    /// Priorities answered by [`IocRegistry::task_ioprio`], by task, with
+    /// when they were read.
+    seen: Mutex<HashMap<i32, (IoPrio, std::time::Instant)>>,
 }
+
+/// How long [`IocRegistry::task_ioprio`] keeps an answer (as the
+/// process's own priority is re-read at most once a second).
+const TASK_IOPRIO_TTL: std::time::Duration = std::time::Duration::from_millis(REFRESH_MS);
 
 impl IocRegistry {
     pub fn new() -> IocRegistry {
         IocRegistry {
             map: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -323,6 +331,27 @@ impl IocRegistry {
         }
         map.insert(tgid, Arc::downgrade(&ioc));
         ioc
+    }
+
+    /// The priority of task (thread) `tid`'s context, for an I/O made on
+    /// its behalf (a FUSE request's caller). Finding the thread group reads
+    /// `/proc`, so an answer is kept for a second: an `ionice -p` takes
+    /// effect within that.
+    pub fn task_ioprio(&self, tid: i32) -> IoPrio {
+        let now = std::time::Instant::now();
+        let seen = || self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(p, at)) = seen().get(&tid) {
+            if now.duration_since(at) < TASK_IOPRIO_TTL {
+                return p;
+            }
+        }
+        let p = self.for_task(tid).ioprio();
+        let mut map = seen();
+        if map.len() > 4096 {
+            map.retain(|_, (_, at)| now.duration_since(*at) < TASK_IOPRIO_TTL);
+        }
+        map.insert(tid, (p, now));
+        p
     }
 
     /// The context for the task (thread) `tid`: its thread group's context.

@@ -21,7 +21,6 @@
 //! completion; exclusive for a commit, so no commit sees an extent whose
 //! data is not written yet), then the metadata lock.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, RwLock};
 
@@ -61,33 +60,12 @@ pub struct DataCtx<'a> {
     pub cache: &'a PageCache,
 }
 
-/// How long a looked-up priority is used before it is read again (as the
-/// engine re-reads its own process's at most once a second).
-const IOPRIO_TTL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The I/O priority of task `pid`'s io_context (default for 0). Finding
-/// the task's thread group reads `/proc`, so the answer is kept for
-/// [`IOPRIO_TTL`]: an `ionice -p` takes effect within a second.
+/// The I/O priority of task `pid`'s io_context (default for 0).
 pub fn ioprio_of(pid: u32) -> IoPrio {
-    use std::time::Instant;
-    static SEEN: Mutex<Option<HashMap<u32, (IoPrio, Instant)>>> = Mutex::new(None);
-    if pid == 0 {
-        return IoPrio::DEFAULT;
+    match pid {
+        0 => IoPrio::DEFAULT,
+        _ => IocRegistry::global().task_ioprio(pid as i32),
     }
-    let now = Instant::now();
-    if let Some(&(p, at)) = lock(&SEEN).as_ref().and_then(|m| m.get(&pid)) {
-        if now.duration_since(at) < IOPRIO_TTL {
-            return p;
-        }
-    }
-    let p = IocRegistry::global().for_task(pid as i32).ioprio();
-    let mut seen = lock(&SEEN);
-    let map = seen.get_or_insert_with(HashMap::new);
-    if map.len() > 4096 {
-        map.retain(|_, (_, at)| now.duration_since(*at) < IOPRIO_TTL);
-    }
-    map.insert(pid, (p, now));
-    p
 }
 
 /// Write `pages` to their blocks through one [`BioBuilder`] (chained
