@@ -35,6 +35,16 @@ use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
 /// (`trusted.*`: only CAP_SYS_ADMIN reads it; others get ENODATA.)
 pub const STATS_XATTR: &str = "trusted.biofs.stats";
 
+/// The virtual xattr of the root that says whether the core is writable
+/// now: `rw`, `ro` (remounted read-only; `remount,rw` may undo it) or
+/// `ro-only` (mounted read-only: the device is open read-only). `biofs -o
+/// remount` reads it to know the daemon has followed the kernel.
+pub const MODE_XATTR: &str = "trusted.biofs.mode";
+
+/// The virtual xattr of the root that holds the serving process's id:
+/// `biofs umount` waits for that process to end.
+pub const PID_XATTR: &str = "trusted.biofs.pid";
+
 /// The root's inode number, FUSE's and the core's.
 const ROOT: u64 = 1;
 
@@ -136,8 +146,38 @@ impl FuseFs {
         Ok(a)
     }
 
-    fn stats_xattr(&self, ino: INodeNo, name: &OsStr) -> bool {
-        ino.0 == ROOT && name.as_bytes() == STATS_XATTR.as_bytes()
+    /// Shut the core down once; the result is kept for the session.
+    fn shut_down(&self) {
+        let r = self.fs.shutdown();
+        if let Err(e) = r {
+            log::error!("shutdown: {e}");
+        }
+        let _ = self.ended.set(r);
+    }
+
+    /// True for the root's virtual xattrs ([`STATS_XATTR`], [`MODE_XATTR`],
+    /// [`PID_XATTR`]).
+    fn virtual_xattr(&self, ino: INodeNo, name: &OsStr) -> bool {
+        ino.0 == ROOT && self.virtual_value(name).is_some()
+    }
+
+    /// The value of a virtual xattr of the root, computed now.
+    fn virtual_value(&self, name: &OsStr) -> Option<Vec<u8>> {
+        let name = name.as_bytes();
+        if name == STATS_XATTR.as_bytes() {
+            Some(self.fs.stats().into_bytes())
+        } else if name == MODE_XATTR.as_bytes() {
+            let mode = match (self.fs.is_read_only(), self.fs.can_be_writable()) {
+                (false, _) => "rw",
+                (true, true) => "ro",
+                (true, false) => "ro-only",
+            };
+            Some(mode.as_bytes().to_vec())
+        } else if name == PID_XATTR.as_bytes() {
+            Some(std::process::id().to_string().into_bytes())
+        } else {
+            None
+        }
     }
 }
 
@@ -235,11 +275,19 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
-        let r = self.fs.shutdown();
-        if let Err(e) = r {
-            log::error!("shutdown: {e}");
-        }
-        let _ = self.ended.set(r);
+        self.shut_down();
+    }
+
+    /// FUSE_DESTROY (a fuseblk mount's `umount` waits for its answer):
+    /// everything written back and committed, the superblock marked clean
+    /// and the image let go before `umount` returns.
+    fn destroy_request(&self, _req: &Request) {
+        guarded("destroy", || self.shut_down());
+    }
+
+    /// `sync(2)` and `syncfs(2)` (FUSE_SYNCFS; fuseblk mounts only).
+    fn syncfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyEmpty) {
+        guarded("syncfs", || reply_empty(reply, self.fs.syncfs()));
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -589,7 +637,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         guarded("setxattr", || {
-            if self.stats_xattr(ino, name) {
+            if self.virtual_xattr(ino, name) {
                 return reply.error(own(libc::EPERM));
             }
             if position != 0 {
@@ -606,8 +654,12 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         guarded("getxattr", || {
-            let value = if self.stats_xattr(ino, name) {
-                Ok(self.fs.stats().into_bytes())
+            let value = if let Some(v) = self
+                .virtual_xattr(ino, name)
+                .then(|| self.virtual_value(name))
+                .flatten()
+            {
+                Ok(v)
             } else {
                 self.fs.getxattr(ino.0, name.as_bytes())
             };
@@ -623,7 +675,7 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guarded("removexattr", || {
-            if self.stats_xattr(ino, name) {
+            if self.virtual_xattr(ino, name) {
                 return reply.error(own(libc::EPERM));
             }
             reply_empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));

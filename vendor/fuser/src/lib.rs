@@ -409,6 +409,21 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Called on filesystem exit.
     fn destroy(&mut self) {}
 
+    /// The kernel sent FUSE_DESTROY (it does at the unmount of a `fuseblk`
+    /// mount, and waits for the answer before `umount` returns). Called
+    /// before the answer is sent, so the filesystem can finish its work
+    /// while `umount` waits; `destroy` is still called when the session
+    /// ends. (biofs patch.)
+    fn destroy_request(&self, _req: &Request) {}
+
+    /// Synchronize the whole filesystem: `sync(2)` or `syncfs(2)` on the
+    /// mount (FUSE_SYNCFS; the kernel sends it to `fuseblk` mounts). An
+    /// ENOSYS answer makes the kernel stop sending it. (biofs patch.)
+    fn syncfs(&self, _req: &Request, ino: INodeNo, reply: ReplyEmpty) {
+        warn!("[Not Implemented] syncfs(ino: {ino:#x?})");
+        reply.error(Errno::ENOSYS);
+    }
+
     /// Look up a directory entry by name and get its attributes.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         warn!("[Not Implemented] lookup(parent: {parent:#x?}, name {name:?})");

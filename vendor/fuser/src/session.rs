@@ -534,6 +534,11 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                            // biofs patch: let the filesystem finish before
+                            // the kernel's unmount is answered.
+                            if let Some(fs) = &self.filesystem.fs {
+                                fs.destroy_request(crate::Request::ref_cast(req.request.header()));
+                            }
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
