@@ -12,7 +12,8 @@ use std::sync::Arc;
 use clap::{ArgAction, Parser};
 
 use biofs::fs::{Fs, MountError};
-use biofs::fuse::{options, session, STATS_XATTR};
+use biofs::fuse::session::Kind;
+use biofs::fuse::{options, session, MODE_XATTR, PID_XATTR, STATS_XATTR};
 
 const HELP: &str = "\
 NAME
@@ -20,14 +21,29 @@ NAME
 
 SYNOPSIS
     biofs [-f] [-o OPTION[,OPTION...]] TARGET MOUNTPOINT
+    biofs -o remount,OPTION[,OPTION...] TARGET MOUNTPOINT
+    biofs umount MOUNTPOINT
     biofs stats MOUNTPOINT
 
 DESCRIPTION
     Mounts the biofs filesystem on TARGET, an image file or a block device
-    made by mkfs.biofs, on the directory MOUNTPOINT through FUSE. The mount
-    shows in /proc/mounts as type fuse.biofs with TARGET (made absolute)
-    as its source. Permission checks are the kernel's: default_permissions
-    is always on.
+    made by mkfs.biofs, on the directory MOUNTPOINT through FUSE.
+    Permission checks are the kernel's: default_permissions is always on.
+
+    There are two kinds of mount. Where it can, biofs mounts as a block
+    filesystem, type fuseblk.biofs: on TARGET if it is a block device, or
+    else on a loop device it attaches to the image (with direct I/O and
+    autoclear, as losetup --direct-io=on; the loop device detaches itself
+    when the mount goes). Then umount returns only once everything is
+    written back and committed, the filesystem marked clean and the image
+    released, and sync(1)/syncfs(2) commit everything. The source in
+    /proc/mounts is the device (losetup -l names the image). Where no loop
+    device can be had (or with -o nofuseblk) it is a plain FUSE mount, type
+    fuse.biofs, with TARGET (or fsname=) as its source: umount returns at
+    once while biofs finishes writing in the background (biofs umount
+    waits for it), and sync does not reach biofs (fsync does; everything
+    else is committed within commit= seconds). A mount of an image that a
+    biofs process is still releasing waits for it, up to 30 s.
 
     Without -f, biofs goes into the background once the filesystem is
     mounted and ready, and exits 0; if the mount fails it says why in one
@@ -39,6 +55,17 @@ DESCRIPTION
     unmounts; if files are open there, it detaches the mount (umount -l)
     and biofs ends when the last of them is closed. A second signal ends
     biofs at once, and files still open lose their connection.
+
+    biofs umount MOUNTPOINT unmounts, then waits until the biofs process
+    that served the mount has ended: the image is then complete and free,
+    whichever kind of mount it was.
+
+    biofs -o remount,... (what mount -o remount runs, through
+    mount.fuse.biofs) changes the flags of the mount on MOUNTPOINT: ro
+    writes everything back and commits, then refuses changes (EROFS); it
+    fails with busy while files are open for writing there. rw accepts
+    changes again (not on a filesystem mounted -o ro: mount it again).
+    It returns once the serving biofs has followed.
 
     biofs stats MOUNTPOINT prints the block engine's statistics of the
     running mount (merges, request sizes, ...). They come from a virtual
@@ -62,6 +89,12 @@ OPTIONS
 
         ro, rw
             Mount read-only, or read-write (the default).
+        fuseblk, nofuseblk
+            fuseblk: mount as a block filesystem or fail (for an image,
+            a loop device must be attached). nofuseblk: a plain FUSE
+            mount. Default: fuseblk where it can be had, else plain.
+        remount
+            Change the flags of an existing mount (see above).
         allow_other
             Let users other than the one who mounted use the filesystem.
         acl, noacl
@@ -118,8 +151,9 @@ ENVIRONMENT
 
 EXIT STATUS
     0 once the mount is ready (in the background) or, with -f, once the
-    filesystem was unmounted and shut down cleanly; for biofs stats, once
-    the statistics are printed. 1 on any error: bad options, a mount that
+    filesystem was unmounted and shut down cleanly; for a remount, once
+    biofs has followed it; for biofs umount, once the serving process has
+    ended; for biofs stats, once the statistics are printed. 1 on any error: bad options, a mount that
     failed, or a shutdown that failed.
 
 EXAMPLES
@@ -127,8 +161,10 @@ EXAMPLES
     biofs -f -o threads=8,cache_size=1G /dev/vdb /mnt/data
     mount -t fuse.biofs -o noatime /srv/disk.img /mnt/data
     /srv/disk.img  /mnt/data  fuse.biofs  defaults,nofail  0  0   (fstab)
+    mount -o remount,ro /mnt/data
     biofs stats /mnt/data
-    umount /mnt/data
+    umount /mnt/data                  (fuseblk: returns when all is written)
+    biofs umount /mnt/data            (either kind: waits for biofs to end)
 
 SEE ALSO
     mkfs.biofs(8), fsck.biofs(8), mount(8), fuse(8)
@@ -139,7 +175,7 @@ SEE ALSO
     name = "biofs",
     version,
     override_help = HELP,
-    override_usage = "biofs [-f] [-o OPTIONS] TARGET MOUNTPOINT\n       biofs stats MOUNTPOINT",
+    override_usage = "biofs [-f] [-o OPTIONS] TARGET MOUNTPOINT\n       biofs umount MOUNTPOINT\n       biofs stats MOUNTPOINT",
     disable_help_subcommand = true
 )]
 struct Args {
@@ -158,6 +194,15 @@ fn main() -> ExitCode {
     let default_log = "warn,fuser::session=error";
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     let argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "umount") {
+        return match argv.get(2) {
+            Some(a) if argv.len() == 3 && a != "-h" && a != "--help" => umount(Path::new(a)),
+            _ => {
+                eprintln!("usage: biofs umount MOUNTPOINT (see biofs --help)");
+                ExitCode::from(1)
+            }
+        };
+    }
     if argv.get(1).is_some_and(|a| a == "stats") {
         return match argv.get(2) {
             Some(a) if argv.len() == 3 && a != "-h" && a != "--help" => stats(Path::new(a)),
@@ -182,6 +227,94 @@ fn main() -> ExitCode {
 }
 
 /// `biofs stats MOUNTPOINT`.
+/// `biofs umount MOUNTPOINT`: unmount, then wait until the biofs process
+/// that served the mount has ended, so that its image is complete and free
+/// when this returns (a plain fuse mount's `umount` returns at once).
+fn umount(mountpoint: &Path) -> ExitCode {
+    let fail = |why: String| {
+        eprintln!("biofs: {}: {why}", mountpoint.display());
+        ExitCode::from(1)
+    };
+    let pid = match biofs::sys::getxattr(mountpoint, PID_XATTR) {
+        Ok(v) => String::from_utf8_lossy(&v).trim().parse::<i32>().ok(),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {
+            return fail("not the root of a biofs mount".into())
+        }
+        Err(e) => return fail(os_message(&e)),
+    };
+    let Some(pid) = pid else {
+        return fail("not the root of a biofs mount".into());
+    };
+    // The process, held before the unmount so its number can't be reused.
+    let pidfd = match biofs::sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => return fail(format!("the biofs process {pid}: {}", os_message(&e))),
+    };
+    if let Err(e) = biofs::sys::umount(mountpoint, false) {
+        return fail(format!("umount: {}", os_message(&e)));
+    }
+    let mut said = false;
+    loop {
+        match biofs::sys::wait_readable(&pidfd, 10_000) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) if !said => {
+                eprintln!("biofs: waiting for process {pid} to finish writing the filesystem back");
+                said = true;
+            }
+            Ok(false) => {}
+            Err(e) => return fail(format!("waiting for process {pid}: {e}")),
+        }
+    }
+}
+
+/// `biofs -o remount,... TARGET MOUNTPOINT` (what mount(8) runs for
+/// `mount -o remount`): the kernel's remount of the mount's flags, then a
+/// wait until the serving biofs has followed (committed everything and
+/// refused changes, or accepted them again).
+fn remount(mountpoint: &Path, opts: &options::Options) -> Result<(), String> {
+    let mode = |what: &str| -> Result<String, String> {
+        biofs::sys::getxattr(mountpoint, MODE_XATTR)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => format!(
+                    "{}: not the root of a biofs mount (or not root): can't {what}",
+                    mountpoint.display()
+                ),
+                _ => format!("{}: {}", mountpoint.display(), os_message(&e)),
+            })
+    };
+    let want_ro = opts.fs.read_only;
+    let now = mode("remount")?;
+    if !want_ro && now == "ro-only" {
+        return Err(format!(
+            "{}: mounted read-only (-o ro), the image is open read-only: unmount it and mount it rw",
+            mountpoint.display()
+        ));
+    }
+    biofs::sys::remount(mountpoint, opts.ms_flags()).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => format!(
+            "{}: busy: files are open for writing there",
+            mountpoint.display()
+        ),
+        _ => format!("{}: remount: {}", mountpoint.display(), os_message(&e)),
+    })?;
+    let want = if want_ro { "ro" } else { "rw" };
+    let start = std::time::Instant::now();
+    loop {
+        let m = mode("follow the remount")?;
+        if m == want || (want == "ro" && m == "ro-only") {
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return Err(format!(
+                "{}: the kernel remounted it {want}, but biofs is still {m} after 60 s (see its log)",
+                mountpoint.display()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn stats(mountpoint: &Path) -> ExitCode {
     match biofs::sys::getxattr(mountpoint, STATS_XATTR) {
         Ok(v) => {
@@ -297,6 +430,9 @@ fn run(args: &Args, ready: &mut Ready) -> Result<(), String> {
         .map_err(|e| format!("{}: {}", args.target.display(), os_message(&e)))?;
     let mountpoint = std::path::absolute(&args.mountpoint)
         .map_err(|e| format!("{}: {}", args.mountpoint.display(), os_message(&e)))?;
+    if opts.remount {
+        return remount(&mountpoint, &opts);
+    }
     if let Err(e) = std::fs::metadata(&target) {
         return Err(format!("{}: {}", target.display(), os_message(&e)));
     }
@@ -337,6 +473,16 @@ fn run(args: &Args, ready: &mut Ready) -> Result<(), String> {
     // signals to the watcher.
     session::block_end_signals().map_err(|e| format!("blocking signals: {e}"))?;
 
+    let kind = mount_kind(&target, &opts)?;
+    if let Kind::Block { device, .. } = &kind {
+        opts.fs.lock.kernel_claims = *device == target;
+    }
+    // An image still being written back by a biofs whose mount is gone is
+    // waited for; one mounted now is refused at once.
+    opts.fs.lock.wait = match session::mounted_from(&target) {
+        Some(_) => std::time::Duration::ZERO,
+        None => LOCK_WAIT,
+    };
     let fs = Fs::mount(&target, &opts.fs).map_err(|e| {
         format!(
             "cannot mount {}: {}",
@@ -349,7 +495,7 @@ fn run(args: &Args, ready: &mut Ready) -> Result<(), String> {
         log::warn!("{}: mounted read-only", target.display());
         opts.fs.read_only = true;
     }
-    let mounted = session::mount(fs.clone(), &mountpoint, &opts, &fsname).map_err(|e| {
+    let mounted = session::mount(fs.clone(), &mountpoint, &opts, &fsname, kind).map_err(|e| {
         format!(
             "cannot mount on {}: {}",
             mountpoint.display(),
@@ -363,6 +509,51 @@ fn run(args: &Args, ready: &mut Ready) -> Result<(), String> {
     mounted.serve()?;
     log::info!("{} unmounted cleanly", target.display());
     Ok(())
+}
+
+/// How long a mount waits for an image that another biofs is still
+/// releasing (a plain fuse mount just unmounted).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The kind of mount to make of `target`: fuseblk on a block device, or on
+/// a loop device attached to an image file where loop devices can be had;
+/// plain fuse with `-o nofuseblk`, or when no loop device can be had
+/// (unless `-o fuseblk` asked for it: then that is the error).
+fn mount_kind(target: &Path, opts: &options::Options) -> Result<Kind, String> {
+    if opts.fuseblk == Some(false) {
+        return Ok(Kind::Plain);
+    }
+    let meta = std::fs::metadata(target)
+        .map_err(|e| format!("{}: {}", target.display(), os_message(&e)))?;
+    use std::os::unix::fs::FileTypeExt;
+    if meta.file_type().is_block_device() {
+        return Ok(Kind::Block {
+            device: target.to_path_buf(),
+            loop_fd: None,
+        });
+    }
+    match biofs::sys::loop_attach(target, opts.fs.read_only) {
+        Ok((device, fd)) => {
+            log::info!("{} attached to {}", target.display(), device.display());
+            Ok(Kind::Block {
+                device,
+                loop_fd: Some(fd),
+            })
+        }
+        Err(e) if opts.fuseblk == Some(true) => Err(format!(
+            "-o fuseblk: can't attach {} to a loop device: {}",
+            target.display(),
+            os_message(&e)
+        )),
+        Err(e) => {
+            log::info!(
+                "no loop device for {} ({}): a plain fuse mount, whose umount doesn't wait",
+                target.display(),
+                os_message(&e)
+            );
+            Ok(Kind::Plain)
+        }
+    }
 }
 
 /// One line for a mount error of the core (which may name `target`

@@ -760,6 +760,201 @@ pub fn keep_large_allocations_in_heap() {
     }
 }
 
+/// `mount(2)` with `MS_REMOUNT` and `flags` (`MS_RDONLY`, `MS_NODEV`, ...)
+/// on `mountpoint`: the kernel's half of `mount -o remount`. It refuses
+/// a read-only remount with `EBUSY` while files are open for writing.
+pub fn remount(mountpoint: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    let target = path_cstring(mountpoint)?;
+    // SAFETY: `target` is NUL-terminated and outlives the call; source,
+    // type and data may be null for a remount.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | flags,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `LOOP_CTL_GET_FREE`, `LOOP_CONFIGURE` and the flags of `<linux/loop.h>`.
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
+const LO_NAME_SIZE: usize = 64;
+
+/// `struct loop_info64` of `<linux/loop.h>`.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` of `<linux/loop.h>`.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Attach `image` to a free loop device, as `losetup --find --direct-io=on`
+/// does, with autoclear: the device detaches itself when its last user
+/// (the kernel's mount of it) lets go. Returns the device's path and an
+/// open descriptor of it (close it once the device has another user).
+///
+/// Fails with `ENOENT` where there is no `/dev/loop-control` (no loop
+/// devices, as in many containers), or the errno of the ioctls.
+pub fn loop_attach(image: &Path, read_only: bool) -> io::Result<(std::path::PathBuf, File)> {
+    let ctl = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/loop-control")?;
+    let backing = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(image)?;
+    // Another attach may take the free device first: try again.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument on a valid descriptor.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let dev = match OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(d) => d,
+            // The node appears a moment after the device (udev, devtmpfs).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut name = [0u8; LO_NAME_SIZE];
+        let full = std::path::absolute(image).unwrap_or_else(|_| image.to_path_buf());
+        let bytes = full.as_os_str().as_encoded_bytes();
+        let len = bytes.len().min(LO_NAME_SIZE - 1);
+        name[..len].copy_from_slice(&bytes[..len]);
+        let cfg = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                lo_device: 0,
+                lo_inode: 0,
+                lo_rdevice: 0,
+                lo_offset: 0,
+                lo_sizelimit: 0,
+                lo_number: 0,
+                lo_encrypt_type: 0,
+                lo_encrypt_key_size: 0,
+                lo_flags: LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO | if read_only { 1 } else { 0 },
+                lo_file_name: name,
+                lo_crypt_name: [0; LO_NAME_SIZE],
+                lo_encrypt_key: [0; 32],
+                lo_init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads one `struct loop_config`, which `cfg`
+        // is (repr(C), the kernel's layout), for the duration of the call.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE as _, &cfg) };
+        if r == 0 {
+            return Ok((path, dev));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EBUSY))
+}
+
+/// Wait until the mount table of this process's namespace changes
+/// (`poll(2)` of `/proc/self/mountinfo` for `POLLPRI`), or `timeout_ms`
+/// passes (-1: no limit). `mountinfo` is an open descriptor of it, read to
+/// its end since the last change.
+pub fn wait_mount_change(mountinfo: &File, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: mountinfo.as_raw_fd(),
+        events: libc::POLLPRI | libc::POLLERR,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(r > 0)
+}
+
+/// `pidfd_open(2)`: a descriptor of process `pid` that becomes readable
+/// when it ends (and pins its number meanwhile).
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `r` is a new descriptor this process owns from here on.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Wait up to `timeout_ms` for `fd` to become readable; true if it did.
+pub fn wait_readable<Fd: AsFd>(fd: Fd, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    match r {
+        r if r > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,7 +172,8 @@ fn files_made_through_the_mount_survive_umount_and_fsck() {
         return;
     }
     let s = scratch();
-    let mut child = mount_fg(&s, "");
+    // A plain fuse mount shows the image as its source (fuseblk: below).
+    let mut child = mount_fg(&s, "nofuseblk");
     let line = mountinfo_has(&s.mnt).unwrap_or_default();
     let fields: Vec<&str> = line.split(' ').collect();
     assert_eq!(fields.first().copied(), Some(s.img.to_str().unwrap_or("")));
@@ -351,4 +352,77 @@ fn sigterm_and_the_daemon_end_cleanly() {
         biofs::sys::flock_exclusive_nonblock(&img).is_ok()
     });
     fsck_clean(&s.img);
+}
+
+/// A fuseblk mount of an image: on a loop device attached to it (direct
+/// I/O, autoclear); `umount` returns with the image complete and free, and
+/// the loop device goes with the mount.
+#[test]
+fn fuseblk_umount_returns_with_the_image_complete_and_free() {
+    if !can_mount() || !Path::new("/dev/loop-control").exists() {
+        eprintln!("skipped: needs root, /dev/fuse and loop devices");
+        return;
+    }
+    let s = scratch();
+    let child = mount_fg(&s, "");
+    let line = mountinfo_has(&s.mnt).unwrap_or_default();
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.get(2).copied(), Some("fuseblk.biofs"), "{line}");
+    let dev = fields.first().copied().unwrap_or("");
+    let name = dev.strip_prefix("/dev/").unwrap_or("");
+    assert!(name.starts_with("loop"), "{line}");
+    let backing = format!("/sys/block/{name}/loop/backing_file");
+    let back = fs::read_to_string(&backing).unwrap_or_default();
+    assert_eq!(back.trim_end(), s.img.to_string_lossy(), "{backing}");
+    let flags = fs::read_to_string(format!("/sys/block/{name}/loop/dio")).unwrap_or_default();
+    assert_eq!(flags.trim(), "1", "the loop device does direct I/O");
+
+    let big = content(24 << 20, 5);
+    fs::write(s.mnt.join("big"), &big).expect("write big");
+    for i in 0..50 {
+        fs::write(s.mnt.join(format!("f{i}")), content(1000 + i * 97, i as u8)).expect("write");
+    }
+    umount(&s.mnt);
+    // No wait: the image is free and whole when umount returns.
+    let img = fs::File::open(&s.img).expect("image");
+    assert!(
+        biofs::sys::flock_exclusive_nonblock(&img).is_ok(),
+        "the image is still locked right after umount"
+    );
+    let copy = s.img.with_extension("copy");
+    fs::copy(&s.img, &copy).expect("copy the image");
+    drop(img);
+    fsck_clean(&copy);
+    let mut child = child;
+    let st = child.wait().expect("biofs -f");
+    assert!(st.success(), "biofs -f ended with {st}");
+    wait_until("the loop device's autoclear", || {
+        !Path::new(&backing).exists()
+    });
+    // The copy taken at once holds everything.
+    let st = Command::new(BIOFS)
+        .args(["-o", "nofuseblk"])
+        .arg(&copy)
+        .arg(&s.mnt)
+        .status()
+        .expect("biofs");
+    assert!(st.success());
+    assert_eq!(fs::read(s.mnt.join("big")).ok(), Some(big));
+    for i in 0..50 {
+        let want = content(1000 + i * 97, i as u8);
+        assert_eq!(fs::read(s.mnt.join(format!("f{i}"))).ok(), Some(want));
+    }
+    // biofs umount returns once the (plain) mount's process has ended.
+    let st = Command::new(BIOFS)
+        .arg("umount")
+        .arg(&s.mnt)
+        .status()
+        .expect("biofs umount");
+    assert!(st.success());
+    let copy_file = fs::File::open(&copy).expect("copy");
+    assert!(
+        biofs::sys::flock_exclusive_nonblock(&copy_file).is_ok(),
+        "the copy is still locked after biofs umount"
+    );
+    fsck_clean(&copy);
 }

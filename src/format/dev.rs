@@ -38,6 +38,19 @@ pub struct Dev {
     queue: Queue,
     blocks: u64,
     read_only: bool,
+    /// The image or device whose exclusive lock this open holds.
+    locked: Option<Arc<FileBackend>>,
+}
+
+/// How a mount takes an image's exclusive lock ([`Dev::open_locked`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockHow {
+    /// Leave a block device's `O_EXCL` claim to the kernel (a `fuseblk`
+    /// mount of it).
+    pub kernel_claims: bool,
+    /// How long to wait for a lock another process holds (an earlier biofs
+    /// still writing the image back after its unmount).
+    pub wait: std::time::Duration,
 }
 
 /// A failed bio: the errno the kernel would return, and what failed where.
@@ -93,22 +106,57 @@ impl Dev {
     /// ([`FileBackend::lock_exclusive`]): it fails with `EWOULDBLOCK` while
     /// another biofs process writes it.
     pub fn open(path: &Path, opts: DevOptions) -> io::Result<Dev> {
-        let backend = FileBackend::open(
+        Dev::open_locked(path, opts, LockHow::default())
+    }
+
+    /// [`Dev::open`], taking the exclusive lock as `how` says. While it
+    /// waits for another process's lock it says so once (a warning).
+    pub fn open_locked(path: &Path, opts: DevOptions, how: LockHow) -> io::Result<Dev> {
+        let backend = Arc::new(FileBackend::open(
             path,
             FileOptions {
                 direct: DirectMode::Auto,
                 read_only: opts.read_only,
             },
-        )?;
-        if !opts.read_only {
-            backend.lock_exclusive().map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("in use (mounted, or open in another biofs process): {e}"),
-                )
-            })?;
+        )?);
+        if opts.read_only {
+            return Dev::from_backend(backend, opts);
         }
-        Dev::from_backend(Arc::new(backend), opts)
+        let start = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            match backend.lock_exclusive_with(!how.kernel_claims) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < how.wait => {
+                    if !said {
+                        log::warn!(
+                            "{}: in use by another biofs process; waiting up to {} s for it to end",
+                            path.display(),
+                            how.wait.as_secs()
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("in use (mounted, or open in another biofs process): {e}"),
+                    ))
+                }
+            }
+        }
+        let mut dev = Dev::from_backend(backend.clone(), opts)?;
+        dev.locked = Some(backend);
+        Ok(dev)
+    }
+
+    /// Let go of the exclusive lock (once the device is shut down), so that
+    /// the next mount may have it before this process ends.
+    pub fn unlock(&self) {
+        if let Some(b) = &self.locked {
+            b.unlock();
+        }
     }
 
     /// Open over any backend.
@@ -147,6 +195,7 @@ impl Dev {
             queue,
             blocks,
             read_only: opts.read_only,
+            locked: None,
         })
     }
 

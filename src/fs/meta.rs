@@ -188,6 +188,25 @@ impl Meta {
         })
     }
 
+    /// Remounted read-only or read-write ([`crate::fs::Fs::remount`]); the
+    /// caller has committed everything before making it read-only.
+    pub fn set_read_only(&mut self, read_only: bool) -> FsResult<()> {
+        if !read_only && self.failed {
+            return Err(Errno::EROFS);
+        }
+        self.read_only = read_only;
+        Ok(())
+    }
+
+    /// EROFS once a commit failed (whether or not remounted read-only).
+    pub fn check_failed(&self) -> FsResult<()> {
+        if self.failed {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Refuse changes after a failed commit.
     pub fn check_writable(&self) -> FsResult<()> {
         if self.failed || self.read_only {

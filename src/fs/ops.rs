@@ -49,13 +49,18 @@ struct Core {
     /// Ask for a commit soon (the running transaction is big).
     want_commit: AtomicBool,
     stopped: AtomicBool,
+    /// One remount at a time.
+    remount_lock: Mutex<()>,
 }
 
 /// A mounted biofs.
 pub struct Fs {
     core: Arc<Core>,
     flusher: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
-    read_only: bool,
+    /// Read-only now: mounted so, or remounted so ([`Fs::remount`]).
+    read_only: AtomicBool,
+    /// The device was opened read-only: no remount can make it writable.
+    opened_read_only: bool,
 }
 
 impl Core {
@@ -166,13 +171,14 @@ impl Fs {
     /// Open the image or device at `path` and mount it: replay the journal,
     /// free the orphans of an earlier crash, start the flusher thread.
     pub fn mount(path: &Path, opts: &MountOptions) -> Result<Fs, MountError> {
-        let dev = Dev::open(
+        let dev = Dev::open_locked(
             path,
             DevOptions {
                 read_only: opts.read_only,
                 verify: opts.verify_reads,
                 workers: opts.workers,
             },
+            opts.lock,
         )
         .map_err(|e| MountError::Refused(format!("{}: can't open: {e}", path.display())))?;
         Fs::mount_dev(dev, opts)
@@ -222,6 +228,7 @@ impl Fs {
             commit_lock: Mutex::new(()),
             want_commit: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            remount_lock: Mutex::new(()),
         });
         let flusher = if opts.read_only {
             None
@@ -246,7 +253,8 @@ impl Fs {
         Ok(Fs {
             core,
             flusher: Mutex::new(flusher),
-            read_only: opts.read_only,
+            read_only: AtomicBool::new(opts.read_only),
+            opened_read_only: opts.read_only,
         })
     }
 
@@ -260,7 +268,7 @@ impl Fs {
         if self.core.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let synced = if self.read_only {
+        let synced = if self.is_read_only() {
             Ok(())
         } else {
             self.core.sync(IoPrio::DEFAULT)
@@ -273,11 +281,59 @@ impl Fs {
             log::error!("stopping the engine: {e}");
             Errno::EIO
         });
+        // Everything is on the device: the next mount may have it now.
+        self.core.dev.unlock();
         synced.and(closed).and(stopped)
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    /// False when no remount can make it writable: mounted read-only (the
+    /// device is open read-only), shut down, or failed.
+    pub fn can_be_writable(&self) -> bool {
+        !self.opened_read_only
+            && !self.core.stopped.load(Ordering::SeqCst)
+            && lock(&self.core.meta).check_failed().is_ok()
+    }
+
+    /// Make the mounted filesystem read-only (everything written back and
+    /// committed first; then changes fail with EROFS) or writable again,
+    /// as `mount -o remount,ro` / `remount,rw` do. EROFS when it can't be
+    /// made writable: mounted read-only from the start (the device was
+    /// opened read-only), shut down, or failed.
+    pub fn remount(&self, read_only: bool) -> FsResult<()> {
+        let _c = lock(&self.core.remount_lock);
+        if read_only {
+            if self.is_read_only() {
+                return Ok(());
+            }
+            // Changes already under way finish; new ones see the flag.
+            {
+                let _b = write_lock(&self.core.barrier);
+                self.read_only.store(true, Ordering::SeqCst);
+            }
+            let synced = self.core.sync(IoPrio::DEFAULT);
+            let closed = synced.and_then(|()| lock(&self.core.meta).set_read_only(true));
+            if let Err(e) = closed {
+                log::error!("remount read-only: {e}");
+                return Err(e);
+            }
+            log::info!("remounted read-only");
+            Ok(())
+        } else {
+            if !self.is_read_only() {
+                return Ok(());
+            }
+            if !self.can_be_writable() {
+                return Err(Errno::EROFS);
+            }
+            lock(&self.core.meta).set_read_only(false)?;
+            self.read_only.store(false, Ordering::SeqCst);
+            log::info!("remounted read-write");
+            Ok(())
+        }
     }
 
     /// The engine's statistics and the page cache's, as text.
@@ -314,7 +370,7 @@ impl Fs {
     }
 
     fn writable(&self) -> FsResult<()> {
-        if self.read_only {
+        if self.is_read_only() {
             Err(Errno::EROFS)
         } else {
             Ok(())
@@ -524,7 +580,7 @@ impl Fs {
     /// transaction commits: `datasync` changes nothing here).
     pub fn fsync(&self, ino: u64, datasync: bool) -> FsResult<()> {
         let _ = datasync;
-        if self.read_only {
+        if self.is_read_only() {
             return Ok(());
         }
         // ENOSPC may be blocks freed but not yet committed: the commit in
@@ -542,7 +598,7 @@ impl Fs {
 
     /// Make everything durable.
     pub fn syncfs(&self) -> FsResult<()> {
-        if self.read_only {
+        if self.is_read_only() {
             return Ok(());
         }
         self.core.sync(IoPrio::DEFAULT)
@@ -690,7 +746,7 @@ impl Fs {
     /// SEEK_DATA / SEEK_HOLE from `off`: ENXIO at or past the end.
     pub fn lseek(&self, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
         // Dirty pages are data: give them blocks first.
-        if !self.read_only {
+        if !self.is_read_only() {
             self.core.data().writeback(ino, IoPrio::DEFAULT)?;
         }
         let mut m = self.meta();

@@ -127,6 +127,8 @@ pub struct MountOptions {
     pub verify_reads: bool,
     /// Seconds between background commits (and writeback of dirty pages).
     pub commit_interval_secs: u64,
+    /// How the image's exclusive lock is taken.
+    pub lock: crate::format::dev::LockHow,
 }
 
 impl Default for MountOptions {
@@ -137,6 +139,7 @@ impl Default for MountOptions {
             workers: 0,
             verify_reads: true,
             commit_interval_secs: 5,
+            lock: crate::format::dev::LockHow::default(),
         }
     }
 }

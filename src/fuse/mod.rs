@@ -20,4 +20,4 @@ pub mod options;
 mod readdir;
 pub mod session;
 
-pub use adapter::{FuseConfig, FuseFs, STATS_XATTR};
+pub use adapter::{FuseConfig, FuseFs, MODE_XATTR, PID_XATTR, STATS_XATTR};

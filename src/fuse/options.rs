@@ -59,6 +59,11 @@ pub struct Options {
     pub suid: Option<bool>,
     pub exec: Option<bool>,
     pub atime: Option<bool>,
+    /// `fuseblk` (`Some(true)`: a fuseblk mount or an error), `nofuseblk`
+    /// (a plain fuse mount), or neither (fuseblk where it can be had).
+    pub fuseblk: Option<bool>,
+    /// `remount`: change the flags of the existing mount on MOUNTPOINT.
+    pub remount: bool,
 }
 
 impl Default for Options {
@@ -74,6 +79,8 @@ impl Default for Options {
             suid: None,
             exec: None,
             atime: None,
+            fuseblk: None,
+            remount: false,
         }
     }
 }
@@ -109,6 +116,11 @@ fn apply(o: &mut Options, item: &str) -> Result<(), String> {
         "suid" | "nosuid" => o.suid = Some(key == "suid"),
         "exec" | "noexec" => o.exec = Some(key == "exec"),
         "atime" | "noatime" => o.atime = Some(key == "atime"),
+        "fuseblk" | "nofuseblk" => o.fuseblk = Some(key == "fuseblk"),
+        "remount" => o.remount = true,
+        // What mount(8) repeats from /proc/mounts for a remount: the
+        // kernel's FUSE options, set at mount and not changed by it.
+        "user_id" | "group_id" | "rootmode" | "blksize" | "max_read" if o.remount => {}
         "fsname" => {
             let v = need("a name")?;
             if v.is_empty() {
@@ -297,6 +309,17 @@ mod tests {
         let o = parse(&["nowritecache,writecache,acl,noacl"])?;
         assert!(o.fuse.writeback_cache);
         assert!(!o.fuse.posix_acl);
+        Ok(())
+    }
+
+    #[test]
+    fn fuseblk_and_remount() -> Result<(), String> {
+        assert_eq!(parse::<&str>(&[])?.fuseblk, None);
+        assert_eq!(parse(&["nofuseblk"])?.fuseblk, Some(false));
+        assert_eq!(parse(&["nofuseblk,fuseblk"])?.fuseblk, Some(true));
+        let o = parse(&["remount,ro,user_id=0,group_id=0,blksize=4096"])?;
+        assert!(o.remount && o.fs.read_only);
+        assert_eq!(err("user_id=0"), "unknown mount option 'user_id=0'");
         Ok(())
     }
 

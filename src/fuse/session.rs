@@ -33,6 +33,27 @@ pub struct Mounted {
     fs: Arc<Fs>,
 }
 
+/// The two kinds of FUSE mount (docs/design.md, "Two kinds of mount").
+#[derive(Debug)]
+pub enum Kind {
+    /// `fuse.biofs`: the kernel lets the mount go at `umount` at once and
+    /// never sends FUSE_SYNCFS or FUSE_DESTROY; biofs finishes on its own.
+    Plain,
+    /// `fuseblk.biofs` on a block device (the target, or a loop device
+    /// attached to the image): `umount` waits for FUSE_DESTROY's answer,
+    /// which comes once everything is written back and committed, and
+    /// `sync`/`syncfs` send FUSE_SYNCFS.
+    Block {
+        device: PathBuf,
+        /// The loop device's descriptor until the kernel holds it (its
+        /// autoclear then detaches it when the mount goes).
+        loop_fd: Option<std::fs::File>,
+    },
+}
+
+/// The block size a fuseblk mount gives the kernel: biofs's block.
+const BLOCK_SIZE_OPT: &str = "blksize=4096";
+
 /// Mount `fs` on `mountpoint` as `fuse.biofs` from `fsname`. On return the
 /// kernel has the mount and the FUSE handshake is done: the filesystem is
 /// usable (its requests wait for [`Mounted::serve`]).
@@ -44,18 +65,43 @@ pub struct Mounted {
 /// (a user's mount), fuser mounts through fusermount3.
 ///
 /// On failure the adapter has already shut `fs` down.
-pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io::Result<Mounted> {
+pub fn mount(
+    fs: Arc<Fs>,
+    mountpoint: &Path,
+    opts: &Options,
+    fsname: &str,
+    kind: Kind,
+) -> io::Result<Mounted> {
     let fuse = FuseFs::new(fs.clone(), opts.fuse);
     let ended = fuse.shutdown_result();
     let flusher = fuse.flusher_slot();
     let config = opts.fuser_config(fsname);
-    let mounted = sys::fuse_mount(
-        fsname,
-        mountpoint,
-        "fuse.biofs",
-        opts.ms_flags(),
-        &opts.kernel_options(),
-    );
+    let mounted = match &kind {
+        Kind::Plain => sys::fuse_mount(
+            fsname,
+            mountpoint,
+            "fuse.biofs",
+            opts.ms_flags(),
+            &opts.kernel_options(),
+        ),
+        Kind::Block { device, .. } => sys::fuse_mount(
+            &device.to_string_lossy(),
+            mountpoint,
+            "fuseblk.biofs",
+            opts.ms_flags(),
+            &format!("{},{BLOCK_SIZE_OPT}", opts.kernel_options()),
+        ),
+    };
+    if matches!(kind, Kind::Block { .. }) {
+        if let Err(e) = &mounted {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("mounting fuseblk: {e} (-o nofuseblk mounts plain fuse)"),
+            ));
+        }
+    }
+    // The kernel's mount holds the loop device now.
+    drop(kind);
     let session = match mounted {
         Ok(fd) => {
             fuser::Session::from_fd(fuse, fd, opts.session_acl(), config).inspect_err(|_| {
@@ -76,6 +122,9 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &Options, fsname: &str) -> io
     if let Err(e) = raise_readahead(mountpoint, READAHEAD_KB) {
         log::debug!("readahead of {}: {e}", mountpoint.display());
     }
+    if let Err(e) = watch_remounts(fs.clone(), mountpoint) {
+        log::warn!("remounts will not reach biofs: {e}");
+    }
     Ok(Mounted { session, ended, fs })
 }
 
@@ -92,10 +141,129 @@ fn raise_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let dev = mountinfo_dev(&info, mountpoint)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in /proc/self/mountinfo"))?;
+    // A fuseblk mount has a backing device info of its own, named so.
     std::fs::write(
         format!("/sys/class/bdi/{dev}/read_ahead_kb"),
         kb.to_string(),
     )
+    .or_else(|_| {
+        std::fs::write(
+            format!("/sys/class/bdi/{dev}-fuseblk/read_ahead_kb"),
+            kb.to_string(),
+        )
+    })
+}
+
+/// The mount point of a mount whose source is `target` (an image or a
+/// device), or of a loop device backed by `target`, in this process's
+/// mount table; `None` if there is none.
+pub fn mounted_from(target: &Path) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = target.to_string_lossy();
+    info.lines().find_map(|l| {
+        let mut head = l.split(' ');
+        let mountpoint = head.nth(4)?;
+        let (_, tail) = l.split_once(" - ")?;
+        let source = unescape(tail.split(' ').nth(1)?);
+        let backing = source
+            .strip_prefix("/dev/")
+            .filter(|d| d.starts_with("loop"))
+            .and_then(|d| {
+                std::fs::read_to_string(format!("/sys/block/{d}/loop/backing_file")).ok()
+            });
+        let hit = source == want || backing.is_some_and(|b| b.trim_end() == want);
+        hit.then(|| PathBuf::from(unescape(mountpoint)))
+    })
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b.get(i), oct) {
+            (Some(b'\\'), Some(o)) => {
+                out.push(
+                    o.iter()
+                        .fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            (Some(&c), _) => {
+                out.push(c);
+                i += 1;
+            }
+            (None, _) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Follow `mount -o remount,ro` and `remount,rw` of the mount on
+/// `mountpoint`: a thread waits for changes of the mount table and, when
+/// the superblock's flag of this mount turned, makes the core read-only
+/// (committing everything first) or writable again ([`Fs::remount`]).
+/// The kernel has already refused writers (EBUSY) or started refusing
+/// changes (EROFS) by then; `biofs -o remount` waits for this thread to
+/// follow (it reads [`crate::fuse::MODE_XATTR`]).
+fn watch_remounts(fs: Arc<Fs>, mountpoint: &Path) -> io::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let dev = mountinfo_dev(&info, mountpoint)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in /proc/self/mountinfo"))?
+        .to_string();
+    std::thread::Builder::new()
+        .name("biofs-remount".into())
+        .spawn(move || {
+            let mut file = match std::fs::File::open("/proc/self/mountinfo") {
+                Ok(f) => f,
+                Err(e) => return log::warn!("/proc/self/mountinfo: {e}"),
+            };
+            loop {
+                use std::io::{Read, Seek};
+                let mut text = String::new();
+                if file
+                    .rewind()
+                    .and_then(|_| file.read_to_string(&mut text))
+                    .is_err()
+                {
+                    return;
+                }
+                // Gone from the table: unmounted, the session is ending.
+                let Some(ro) = mountinfo_read_only(&text, &dev) else {
+                    return;
+                };
+                if ro != fs.is_read_only() {
+                    if let Err(e) = fs.remount(ro) {
+                        log::error!(
+                            "remount {}: {e}",
+                            if ro { "read-only" } else { "read-write" }
+                        );
+                    }
+                }
+                if sys::wait_mount_change(&file, -1).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Whether the superblock of the mount with device `dev` (`MAJOR:MINOR`)
+/// is read-only, from the super options (after " - TYPE SOURCE ") of its
+/// line in a mountinfo text; `None` when no line has that device.
+fn mountinfo_read_only(info: &str, dev: &str) -> Option<bool> {
+    info.lines()
+        .filter(|l| l.split(' ').nth(2) == Some(dev))
+        .filter_map(|l| {
+            let (_, tail) = l.split_once(" - ")?;
+            let opts = tail.split(' ').nth(2)?;
+            Some(opts.split(',').any(|o| o == "ro"))
+        })
+        .next_back()
 }
 
 /// The `MAJOR:MINOR` of the last mount on `mountpoint` in a mountinfo
@@ -237,5 +405,24 @@ mod tests {
         assert_eq!(mountinfo_dev(info, Path::new("/")), Some("8:1"));
         assert_eq!(mountinfo_dev(info, Path::new("/mnt")), None);
         assert_eq!(mountinfo_dev("", Path::new("/")), None);
+    }
+
+    #[test]
+    fn unescape_undoes_mountinfo_escapes() {
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape("/x\\134y"), "/x\\y");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/end\\04"), "/end\\04");
+    }
+
+    #[test]
+    fn mountinfo_read_only_reads_the_super_options() {
+        let info = "\
+40 22 0:39 / /mnt/a rw,nosuid - fuse.biofs /img ro,user_id=0
+41 22 7:3 / /mnt/b ro,nosuid - fuseblk.biofs /dev/loop3 rw,user_id=0
+";
+        assert_eq!(mountinfo_read_only(info, "0:39"), Some(true));
+        assert_eq!(mountinfo_read_only(info, "7:3"), Some(false));
+        assert_eq!(mountinfo_read_only(info, "0:40"), None);
     }
 }

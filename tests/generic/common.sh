@@ -248,6 +248,18 @@ _scratch_unmount() {
     fi
 }
 
+# _require_scratch_fuseblk: biofs mounts the scratch image as fuseblk (a
+# loop device can be attached).
+_require_scratch_fuseblk() {
+    _require_scratch_persistent
+    _require_biofs
+    _require_root
+    [ -e /dev/loop-control ] || _notrun "no loop devices: no fuseblk mount"
+}
+
+# _mount_type DIR: the type of the mount on DIR (fuse.biofs, fuseblk.biofs).
+_mount_type() { findmnt -no FSTYPE --mountpoint "$1" | head -1; }
+
 # _scratch_remount: unmount and mount again (what is written must stay).
 _scratch_remount() {
     _scratch_unmount

@@ -57,6 +57,10 @@ pub struct FileBackend {
     /// An `O_EXCL` descriptor of the block device, held while the
     /// exclusive lock is (see [`FileBackend::lock_exclusive`]).
     excl: std::sync::Mutex<Option<File>>,
+    /// The descriptor holding the `flock`, apart from the one the I/O uses
+    /// so that [`FileBackend::unlock`] can let go of it while the data
+    /// descriptor is still open.
+    flock: std::sync::Mutex<Option<File>>,
     read_only: bool,
     /// Memory alignment `O_DIRECT` needs for user buffers (1 when buffered).
     mem_align: usize,
@@ -103,6 +107,7 @@ impl FileBackend {
             },
             block_device,
             excl: std::sync::Mutex::new(None),
+            flock: std::sync::Mutex::new(None),
             read_only: opts.read_only,
             mem_align: if direct { mem_align.max(1) } else { 1 },
         })
@@ -117,14 +122,36 @@ impl FileBackend {
     /// Fails with `EWOULDBLOCK` when another process holds the lock, or
     /// `EBUSY` when the block device is in use.
     pub fn lock_exclusive(&self) -> io::Result<()> {
-        if self.block_device {
+        self.lock_exclusive_with(true)
+    }
+
+    /// [`FileBackend::lock_exclusive`], with the `O_EXCL` open of a block
+    /// device only when `claim_device`: a `fuseblk` mount leaves the
+    /// exclusive claim to the kernel, which takes it at mount(2) and
+    /// refuses it while anyone else holds it.
+    pub fn lock_exclusive_with(&self, claim_device: bool) -> io::Result<()> {
+        let flock = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&self.path)?;
+        sys::flock_exclusive_nonblock(&flock)?;
+        if self.block_device && claim_device {
             let excl = OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
                 .open(&self.path)?;
             *self.excl.lock().unwrap_or_else(|e| e.into_inner()) = Some(excl);
         }
-        sys::flock_exclusive_nonblock(&self.file)
+        *self.flock.lock().unwrap_or_else(|e| e.into_inner()) = Some(flock);
+        Ok(())
+    }
+
+    /// Let go of what [`FileBackend::lock_exclusive`] took, before the
+    /// backend is dropped: once a filesystem is shut down, the next mount
+    /// or fsck may have the image while this process is still ending.
+    pub fn unlock(&self) {
+        self.excl.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.flock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Creates the image file `path` if missing and extends it (sparsely,
