@@ -14,7 +14,7 @@
 //! transaction.
 
 use super::codec::{Reader, Writer};
-use super::dev::Dev;
+use super::dev::{BioError, Dev};
 use super::error::{FormatError, Result};
 use super::superblock::Superblock;
 use super::{block_csum, BLOCK_SIZE};
@@ -299,31 +299,40 @@ impl Journal {
         let mut pos = self.head;
         let mut crc = 0u32;
         let io = |e, b| FormatError::io("journal write", b, e);
+        // Every log block of the transaction goes out as one batch (as
+        // jbd2's commit submits its buffers under a plug), then one flush,
+        // then the commit block with FUA.
+        let mut headers: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut images: Vec<(u64, &[u8])> = Vec::with_capacity(blocks.len());
         for chunk in blocks.chunks(TAGS_PER_BLOCK) {
             let tags = chunk.iter().map(|(b, _)| *b).collect();
             let at = self.log_block(pos);
-            dev.write_block(
+            headers.push((
                 at,
-                &encode_log(self.seed, at, seq, &LogBlock::Descriptor(tags)),
-            )
-            .map_err(|e| io(e, at))?;
+                encode_log(self.seed, at, seq, &LogBlock::Descriptor(tags)),
+            ));
             pos = self.next(pos);
             for (_, data) in chunk {
                 let at = self.log_block(pos);
                 crc = crc32c::crc32c_append(crc, data);
-                dev.write_block(at, data).map_err(|e| io(e, at))?;
+                images.push((at, data.as_slice()));
                 pos = self.next(pos);
             }
         }
         for chunk in revokes.chunks(TAGS_PER_BLOCK) {
             let at = self.log_block(pos);
-            dev.write_block(
+            headers.push((
                 at,
-                &encode_log(self.seed, at, seq, &LogBlock::Revoke(chunk.to_vec())),
-            )
-            .map_err(|e| io(e, at))?;
+                encode_log(self.seed, at, seq, &LogBlock::Revoke(chunk.to_vec())),
+            ));
             pos = self.next(pos);
         }
+        images.extend(headers.iter().map(|(at, d)| (*at, d.as_slice())));
+        dev.write_batch(&images)
+            .map_err(|e| {
+                let b = BioError::block_of(&e).unwrap_or(first);
+                io(e, b)
+            })?;
         dev.flush().map_err(|e| io(e, self.area))?;
         if self.sb.start == 0 {
             // The log becomes live: point the superblock at it first.

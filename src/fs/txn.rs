@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::format::dev::Dev;
+use crate::format::dev::{BioError, Dev};
 use crate::format::error::{FormatError, Result};
 use crate::format::journal::Journal;
 use crate::format::superblock::{Superblock, INCOMPAT_RECOVER, STATE_CLEAN};
@@ -247,11 +247,17 @@ impl Journaled {
         {
             return Ok(());
         }
-        for (b, data) in &self.committed {
-            self.dev
-                .write_block(*b, data)
-                .map_err(|e| FormatError::io("checkpoint", *b, e))?;
-        }
+        // One batch, sorted by block (as jbd2's checkpoint submits its
+        // buffers together), instead of a synchronous write each.
+        let homes: Vec<(u64, &[u8])> = self
+            .committed
+            .iter()
+            .map(|(b, d)| (*b, d.as_slice()))
+            .collect();
+        self.dev.write_batch(&homes).map_err(|e| {
+            let b = BioError::block_of(&e).unwrap_or(0);
+            FormatError::io("checkpoint", b, e)
+        })?;
         // `reset` flushes the homes before it empties the log.
         self.journal.reset(&self.dev)?;
         self.committed.clear();
