@@ -105,7 +105,12 @@ impl FuseFs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             // Symlink targets stay in the page cache: every change to
             // them comes through this kernel.
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // File handles (name_to_handle_at, NFS export) outlive the
+            // kernel's inode: it decodes one by a LOOKUP of "." in the
+            // handle's node (an inode number, stable across mounts) and
+            // of ".." to reconnect a directory, and compares generations.
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         if cfg.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -159,12 +164,19 @@ fn ctx(req: &Request) -> Ctx {
 
 fn reply_entry(reply: ReplyEntry, r: FsResult<Attr>) {
     match r {
-        Ok(a) => reply.entry(
-            &TTL,
-            &convert::file_attr(&a),
-            Generation(u64::from(a.generation)),
-        ),
+        Ok(a) => reply.entry(&TTL, &convert::file_attr(&a), generation(&a)),
         Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+/// The generation a file handle of `a` carries: the inode's, except the
+/// root's, which FUSE fixes at 0 (a LOOKUP of ".." that reaches the root
+/// must agree with it).
+pub(super) fn generation(a: &Attr) -> Generation {
+    if a.ino == ROOT {
+        Generation(0)
+    } else {
+        Generation(u64::from(a.generation))
     }
 }
 
@@ -242,6 +254,9 @@ impl Filesystem for FuseFs {
         let _ = self.ended.set(r);
     }
 
+    /// Also the kernel's lookups by node id for file handles: "." (the
+    /// node itself; ENOENT once freed, which the kernel makes ESTALE) and
+    /// ".." (a directory's parent), counted as lookups like any other.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
             let name = name_or_reply!(name, reply);
@@ -657,7 +672,7 @@ impl Filesystem for FuseFs {
                 Ok(a) => reply.created(
                     &TTL,
                     &convert::file_attr(&a),
-                    Generation(u64::from(a.generation)),
+                    generation(&a),
                     FileHandle(OpenFh::from_flags(flags).to_fh()),
                     FopenFlags::FOPEN_KEEP_CACHE,
                 ),
@@ -738,6 +753,7 @@ mod tests {
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
             assert!(on.contains(f), "{f:?}");
         }
