@@ -26,7 +26,7 @@ use fuser::{
 use super::acl;
 use super::convert::{self, OpenFh, Seek, Xattr};
 use super::errno::{own, to_fuse};
-use super::flush::Flusher;
+use super::flush::{Flusher, KernelCached};
 use super::readdir::DirReply;
 use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
 
@@ -63,9 +63,11 @@ pub struct FuseFs {
     pub(super) fs: Arc<Fs>,
     cfg: FuseConfig,
     ended: Arc<OnceLock<FsResult<()>>>,
-    /// Set when the writeback cache is on and other threads can serve the
-    /// writes an invalidation causes: see [`FuseFs::write_back_cached`].
+    /// The kernel's page cache of the mount's files, once mounted: see
+    /// [`FuseFs::write_back_cached`], [`FuseFs::answer_direct_write`].
     pub(super) flusher: Arc<OnceLock<Flusher>>,
+    /// The files the kernel may cache pages of (see [`KernelCached`]).
+    pub(super) kernel_cached: KernelCached,
 }
 
 impl FuseFs {
@@ -75,6 +77,7 @@ impl FuseFs {
             cfg,
             ended: Arc::new(OnceLock::new()),
             flusher: Arc::new(OnceLock::new()),
+            kernel_cached: KernelCached::default(),
         }
     }
 
@@ -206,6 +209,12 @@ fn reply_xattr(reply: ReplyXattr, value: FsResult<Vec<u8>>, size: u32) {
     }
 }
 
+/// Whether open flags `flags` ask for direct I/O (the kernel's page
+/// cache bypassed).
+fn is_direct(flags: i32) -> bool {
+    flags & libc::O_DIRECT != 0
+}
+
 /// Evaluate to the checked name, or answer the request with its error.
 macro_rules! name_or_reply {
     ($name:expr, $reply:expr) => {
@@ -266,7 +275,10 @@ impl Filesystem for FuseFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         // batch_forget's default calls this for each node.
-        guarded("forget", || self.fs.forget(ino.0, nlookup));
+        guarded("forget", || {
+            self.forget_kernel_cached(ino.0);
+            self.fs.forget(ino.0, nlookup)
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -421,6 +433,9 @@ impl Filesystem for FuseFs {
             let truncate = flags.0 & libc::O_TRUNC != 0;
             match self.fs.open(&ctx(req), ino.0, truncate) {
                 Ok(()) => {
+                    if !is_direct(flags.0) {
+                        self.note_kernel_cached(ino.0);
+                    }
                     let fh = OpenFh::from_flags(flags.0).to_fh();
                     // Every change to a file's data comes through this
                     // kernel: its cached pages stay valid across opens.
@@ -438,11 +453,16 @@ impl Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         guarded("read", || {
+            // Before the read: a direct write that lands after it sees
+            // the note, and drops what this read brings into the kernel.
+            if !is_direct(flags.0) {
+                self.note_kernel_cached(ino.0);
+            }
             match self.fs.read(&ctx(req), ino.0, offset, size) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(to_fuse(e)),
@@ -468,6 +488,12 @@ impl Filesystem for FuseFs {
             // and syncs through FSYNC. Otherwise the handle's flags and
             // the write's own (RWF_SYNC, RWF_DSYNC) count.
             let from_cache = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+            // O_DIRECT in the file's flags: the kernel's page cache was
+            // bypassed (and may hold the range's old bytes).
+            let direct = !from_cache && is_direct(flags.0);
+            if !direct {
+                self.note_kernel_cached(ino.0);
+            }
             let f = if from_cache {
                 OpenFh::default()
             } else {
@@ -480,12 +506,27 @@ impl Filesystem for FuseFs {
                 Ok(n) => n,
                 Err(e) => return reply.error(to_fuse(e)),
             };
-            if f.sync || f.dsync {
-                if let Err(e) = self.fs.fsync(ino.0, !f.sync) {
-                    return reply.error(to_fuse(e));
-                }
+            let synced = if f.sync || f.dsync {
+                self.fs.fsync(ino.0, !f.sync).map_err(to_fuse)
+            } else {
+                Ok(())
+            };
+            let answer = move || match synced {
+                Ok(()) => reply.written(n),
+                Err(e) => reply.error(e),
+            };
+            if !direct {
+                return answer();
             }
-            reply.written(n);
+            // The data landed (synced or not): the kernel's copies of its
+            // range go. An appending write landed where biofs put it:
+            // the whole file, then.
+            let (off, len) = if append {
+                (0, 0)
+            } else {
+                (offset, u64::from(n))
+            };
+            self.answer_direct_write(ino.0, off, len, answer);
         });
     }
 
@@ -669,13 +710,18 @@ impl Filesystem for FuseFs {
                 self.fs.create(&ctx(req), parent.0, name, mode)
             });
             match r {
-                Ok(a) => reply.created(
-                    &TTL,
-                    &convert::file_attr(&a),
-                    generation(&a),
-                    FileHandle(OpenFh::from_flags(flags).to_fh()),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                ),
+                Ok(a) => {
+                    if !is_direct(flags) {
+                        self.note_kernel_cached(a.ino);
+                    }
+                    reply.created(
+                        &TTL,
+                        &convert::file_attr(&a),
+                        generation(&a),
+                        FileHandle(OpenFh::from_flags(flags).to_fh()),
+                        FopenFlags::FOPEN_KEEP_CACHE,
+                    )
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
