@@ -9,6 +9,10 @@ lacks. Errors print the errno's name, so .out files can hold them.
                                  file, "ok dir <sorted names>" for a directory
     handle.py path MNT FILE      the path the opened handle has now
                                  (/proc/self/fd), relative to MNT
+    handle.py forge MNT INO GEN  open_by_handle_at of a FUSE handle made up
+                                 here (FILEID_INO64_GEN: node id, generation)
+    handle.py gen PATH FILE      the generation in PATH's FUSE handle
+                                 (kept in FILE)
 """
 import ctypes
 import errno
@@ -45,12 +49,22 @@ def save(path, out):
     with open(out, "wb") as f:
         f.write(struct.pack("=Ii", fh.handle_bytes, fh.handle_type))
         f.write(bytes(fh.f_handle[: fh.handle_bytes]))
-    print("ok")
+
+
+FILEID_INO64_GEN = 0x81
+
+
+def forged(ino, gen):
+    body = struct.pack("=III", ino >> 32, ino & 0xFFFFFFFF, gen)
+    return struct.pack("=Ii", len(body), FILEID_INO64_GEN) + body
 
 
 def opened(mnt, saved):
-    with open(saved, "rb") as f:
-        raw = f.read()
+    if isinstance(saved, bytes):
+        raw = saved
+    else:
+        with open(saved, "rb") as f:
+            raw = f.read()
     n, kind = struct.unpack("=Ii", raw[:8])
     fh = FileHandle()
     fh.handle_bytes = n
@@ -68,11 +82,27 @@ def opened(mnt, saved):
 
 
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "forge":
+        fd = opened(sys.argv[2], forged(int(sys.argv[3]), int(sys.argv[4])))
+        os.close(fd)
+        print("ok")
+        return
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     cmd, a, b = sys.argv[1:]
+    if cmd == "gen":
+        save(a, b)
+        with open(b, "rb") as f:
+            raw = f.read()
+        n, kind = struct.unpack("=Ii", raw[:8])
+        if kind != FILEID_INO64_GEN or n < 12:
+            print(f"handle type {kind:#x}, {n} bytes")
+        else:
+            print(struct.unpack("=III", raw[8:20])[2])
+        return
     if cmd == "save":
         save(a, b)
+        print("ok")
     elif cmd == "open":
         fd = opened(a, b)
         if os.path.isdir(f"/proc/self/fd/{fd}"):
