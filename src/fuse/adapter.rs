@@ -276,8 +276,8 @@ impl Filesystem for FuseFs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         // batch_forget's default calls this for each node.
         guarded("forget", || {
+            self.fs.forget(ino.0, nlookup);
             self.forget_kernel_cached(ino.0);
-            self.fs.forget(ino.0, nlookup)
         });
     }
 

@@ -106,8 +106,15 @@ impl KernelCached {
         self.set().contains(&ino)
     }
 
-    fn forget(&self, ino: u64) {
-        self.set().remove(&ino);
+    /// Forget `ino` unless `held` says the kernel holds it (again): a
+    /// FORGET of an evicted inode may come after a new lookup of it and a
+    /// READ that noted it. `held` runs under this set's lock, so no note
+    /// comes between it and the removal.
+    fn forget(&self, ino: u64, held: impl FnOnce() -> bool) {
+        let mut s = self.set();
+        if s.contains(&ino) && !held() {
+            s.remove(&ino);
+        }
     }
 }
 
@@ -140,9 +147,10 @@ impl FuseFs {
         self.kernel_cached.note(ino);
     }
 
-    /// The kernel has forgotten `ino`, and its pages with it.
+    /// The kernel has forgotten lookups of `ino` (call after the core
+    /// has counted them): if it holds it no more, its pages went with it.
     pub(super) fn forget_kernel_cached(&self, ino: u64) {
-        self.kernel_cached.forget(ino);
+        self.kernel_cached.forget(ino, || self.fs.held(ino));
     }
 
     /// Answer a direct write of `len` bytes at `off` of `ino` (`answer`
@@ -243,7 +251,9 @@ mod tests {
         k.note(5);
         k.note(5);
         assert!(k.has(5) && !k.has(6));
-        k.forget(5);
+        k.forget(5, || true);
+        assert!(k.has(5), "held again: kept");
+        k.forget(5, || false);
         assert!(!k.has(5));
     }
 
