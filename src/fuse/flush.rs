@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crossbeam_channel::{unbounded, Sender};
 use fuser::INodeNo;
@@ -87,23 +87,27 @@ fn inval_pages(n: &fuser::Notifier, ino: u64, off: i64, len: i64) {
 /// written other than by direct I/O since the kernel last forgot them. A
 /// direct write to any other file has no cached copy to drop.
 #[derive(Default)]
-pub(super) struct KernelCached(Mutex<HashSet<u64>>);
+pub(super) struct KernelCached(RwLock<HashSet<u64>>);
 
 impl KernelCached {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        // A panicked holder left a valid set.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    // A panicked holder left a valid set: poisoning is ignored.
+    fn read(&self) -> RwLockReadGuard<'_, HashSet<u64>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn write(&self) -> RwLockWriteGuard<'_, HashSet<u64>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every buffered READ calls this: shared lock unless it's new.
     fn note(&self, ino: u64) {
-        let mut s = self.set();
-        if !s.contains(&ino) {
-            s.insert(ino);
+        if !self.has(ino) {
+            self.write().insert(ino);
         }
     }
 
     fn has(&self, ino: u64) -> bool {
-        self.set().contains(&ino)
+        self.read().contains(&ino)
     }
 
     /// Forget `ino` unless `held` says the kernel holds it (again): a
@@ -111,7 +115,10 @@ impl KernelCached {
     /// READ that noted it. `held` runs under this set's lock, so no note
     /// comes between it and the removal.
     fn forget(&self, ino: u64, held: impl FnOnce() -> bool) {
-        let mut s = self.set();
+        if !self.has(ino) {
+            return;
+        }
+        let mut s = self.write();
         if s.contains(&ino) && !held() {
             s.remove(&ino);
         }
