@@ -10,7 +10,8 @@
     dio.py read FILE            buffered writes, each read back at once
                                 with O_DIRECT
 
-Prints "ok N" (N: writes checked) or the first stale range found.
+Prints "ok many" (20 writes or more checked, else their count), the
+first stale range found, or "no AIO: ..." where io_setup fails.
 """
 import ctypes
 import mmap
@@ -116,7 +117,12 @@ def run_writes(path, seconds, asynchronous):
     seq, checked, bad = 0, 0, None
     ctx = ctypes.c_ulong(0)
     if asynchronous and libc.syscall(SYSNO[0], DEPTH, ctypes.byref(ctx)) < 0:
-        oserr("io_setup")
+        e = ctypes.get_errno()
+        for pid in kids:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        print(f"no AIO: io_setup: {os.strerror(e)}")
+        return
     iocbs = [Iocb() for _ in range(DEPTH)]
     inflight = {}  # slot -> (chunk, seq)
     try:
