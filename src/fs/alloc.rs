@@ -112,6 +112,18 @@ impl Allocator {
         Ok(raw)
     }
 
+    /// Whether inode `ino` is allocated (its bit set in its group's
+    /// bitmap); false for a number that is no inode's.
+    pub fn inode_in_use(&self, io: &mut dyn MetaIo, ino: u64) -> Result<bool> {
+        if !self.geo.ino_valid(ino) {
+            return Ok(false);
+        }
+        let (g, idx) = self.geo.ino_group(ino);
+        let d = self.desc(io, g)?;
+        let map = self.inode_bitmap(io, g, &d)?;
+        Ok(bitmap::test(&map, idx as usize))
+    }
+
     /// A run of up to `want` free blocks, as close after `goal` as the
     /// groups allow: `(first block, length)`, length at least 1. Fails with
     /// ENOSPC-like `Invalid("no space")` when no block is free.

@@ -290,7 +290,8 @@ impl Meta {
             .alloc
             .alloc_inode(&mut self.bufs, hint, dir)
             .map_err(|e| fail("allocating an inode", e))?;
-        inode.generation = self.inodes.get(&ino).map_or(0, |s| s.inode.generation + 1);
+        let old = self.inodes.get(&ino).map(|s| s.inode.generation);
+        inode.generation = new_generation(ino, old);
         self.inodes.insert(
             ino,
             InodeState {
@@ -611,11 +612,51 @@ impl Meta {
     }
 }
 
+/// The generation of a new inode numbered `ino` (whose previous user had
+/// generation `old`, if still known): unpredictable, as ext4's
+/// (`get_random_u32()`), so that a file handle of a freed inode does not
+/// open the next file given its number, this mount or a later one (a
+/// freed inode's slot is zeroed, its generation forgotten). A reused
+/// number matches an old handle's generation with odds of 2^-32.
+fn new_generation(ino: u64, old: Option<u32>) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState is keyed from the OS's randomness (per thread, then
+    // stepped per call), so SipHash of anything is an unpredictable value.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(ino);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let g = h.finish() as u32;
+    if old == Some(g) {
+        g.wrapping_add(1)
+    } else {
+        g
+    }
+}
+
 /// Bump `ctime` (and `mtime` if `modify`) of `inode` to now.
 pub fn touch(inode: &mut Inode, modify: bool) {
     let now = Timespec::now();
     inode.ctime = now;
     if modify {
         inode.mtime = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_generation;
+
+    #[test]
+    fn generations_differ_for_one_inode_number() {
+        let gens: std::collections::HashSet<u32> =
+            (0..1000).map(|_| new_generation(12, None)).collect();
+        assert!(gens.len() > 990, "{} distinct of 1000", gens.len());
+        for g in gens {
+            assert_ne!(new_generation(12, Some(g)), g);
+        }
     }
 }

@@ -191,7 +191,21 @@ impl Meta {
     /// Look `name` up in `parent`, counting a lookup of what it finds.
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let ino = match name {
-            b"." => parent,
+            // Only the kernel decoding a file handle asks for "." (the
+            // VFS resolves it otherwise): the handle may name any number,
+            // and one whose inode is free (or was never used: its table
+            // block may hold anything) is ENOENT, stale, not corrupt.
+            b"." => {
+                if !self.inodes.contains_key(&parent)
+                    && !self
+                        .alloc
+                        .inode_in_use(&mut self.bufs, parent)
+                        .map_err(|e| fail("inode bitmap", e))?
+                {
+                    return Err(Errno::ENOENT);
+                }
+                parent
+            }
             b".." => {
                 let p = self.get(parent)?;
                 if p.file_type() != FileType::Directory {

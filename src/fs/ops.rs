@@ -400,6 +400,15 @@ impl Fs {
         }
     }
 
+    /// Whether the kernel holds `ino`: looked up and not all forgotten,
+    /// or open.
+    pub fn held(&self, ino: u64) -> bool {
+        self.meta()
+            .inodes
+            .get(&ino)
+            .is_some_and(|st| st.lookups > 0 || st.opens > 0)
+    }
+
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let mut m = self.meta();
         Ok(attr_of(ino, m.get(ino)?))

@@ -26,7 +26,7 @@ use fuser::{
 use super::acl;
 use super::convert::{self, OpenFh, Seek, Xattr};
 use super::errno::{own, to_fuse};
-use super::flush::Flusher;
+use super::flush::{Flusher, KernelCached};
 use super::readdir::DirReply;
 use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
 
@@ -73,9 +73,11 @@ pub struct FuseFs {
     pub(super) fs: Arc<Fs>,
     cfg: FuseConfig,
     ended: Arc<OnceLock<FsResult<()>>>,
-    /// Set when the writeback cache is on and other threads can serve the
-    /// writes an invalidation causes: see [`FuseFs::write_back_cached`].
+    /// The kernel's page cache of the mount's files, once mounted: see
+    /// [`FuseFs::write_back_cached`], [`FuseFs::answer_direct_write`].
     pub(super) flusher: Arc<OnceLock<Flusher>>,
+    /// The files the kernel may cache pages of (see [`KernelCached`]).
+    pub(super) kernel_cached: KernelCached,
 }
 
 impl FuseFs {
@@ -85,6 +87,7 @@ impl FuseFs {
             cfg,
             ended: Arc::new(OnceLock::new()),
             flusher: Arc::new(OnceLock::new()),
+            kernel_cached: KernelCached::default(),
         }
     }
 
@@ -115,7 +118,12 @@ impl FuseFs {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             // Symlink targets stay in the page cache: every change to
             // them comes through this kernel.
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // File handles (name_to_handle_at, NFS export) outlive the
+            // kernel's inode: it decodes one by a LOOKUP of "." in the
+            // handle's node (an inode number, stable across mounts) and
+            // of ".." to reconnect a directory, and compares generations.
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         if cfg.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -199,12 +207,19 @@ fn ctx(req: &Request) -> Ctx {
 
 fn reply_entry(reply: ReplyEntry, r: FsResult<Attr>) {
     match r {
-        Ok(a) => reply.entry(
-            &TTL,
-            &convert::file_attr(&a),
-            Generation(u64::from(a.generation)),
-        ),
+        Ok(a) => reply.entry(&TTL, &convert::file_attr(&a), generation(&a)),
         Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+/// The generation a file handle of `a` carries: the inode's, except the
+/// root's, which FUSE fixes at 0 (a LOOKUP of ".." that reaches the root
+/// must agree with it).
+pub(super) fn generation(a: &Attr) -> Generation {
+    if a.ino == ROOT {
+        Generation(0)
+    } else {
+        Generation(u64::from(a.generation))
     }
 }
 
@@ -232,6 +247,12 @@ fn reply_xattr(reply: ReplyXattr, value: FsResult<Vec<u8>>, size: u32) {
         Ok(Xattr::Data(d)) => reply.data(d),
         Err(e) => reply.error(e),
     }
+}
+
+/// Whether open flags `flags` ask for direct I/O (the kernel's page
+/// cache bypassed).
+fn is_direct(flags: i32) -> bool {
+    flags & libc::O_DIRECT != 0
 }
 
 /// Evaluate to the checked name, or answer the request with its error.
@@ -290,6 +311,9 @@ impl Filesystem for FuseFs {
         guarded("syncfs", || reply_empty(reply, self.fs.syncfs()));
     }
 
+    /// Also the kernel's lookups by node id for file handles: "." (the
+    /// node itself; ENOENT once freed, which the kernel makes ESTALE) and
+    /// ".." (a directory's parent), counted as lookups like any other.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
             let name = name_or_reply!(name, reply);
@@ -299,7 +323,10 @@ impl Filesystem for FuseFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         // batch_forget's default calls this for each node.
-        guarded("forget", || self.fs.forget(ino.0, nlookup));
+        guarded("forget", || {
+            self.fs.forget(ino.0, nlookup);
+            self.forget_kernel_cached(ino.0);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -454,6 +481,9 @@ impl Filesystem for FuseFs {
             let truncate = flags.0 & libc::O_TRUNC != 0;
             match self.fs.open(&ctx(req), ino.0, truncate) {
                 Ok(()) => {
+                    if !is_direct(flags.0) {
+                        self.note_kernel_cached(ino.0);
+                    }
                     let fh = OpenFh::from_flags(flags.0).to_fh();
                     // Every change to a file's data comes through this
                     // kernel: its cached pages stay valid across opens.
@@ -471,11 +501,16 @@ impl Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         guarded("read", || {
+            // Before the read: a direct write that lands after it sees
+            // the note, and drops what this read brings into the kernel.
+            if !is_direct(flags.0) {
+                self.note_kernel_cached(ino.0);
+            }
             match self.fs.read(&ctx(req), ino.0, offset, size) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(to_fuse(e)),
@@ -501,6 +536,12 @@ impl Filesystem for FuseFs {
             // and syncs through FSYNC. Otherwise the handle's flags and
             // the write's own (RWF_SYNC, RWF_DSYNC) count.
             let from_cache = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+            // O_DIRECT in the file's flags: the kernel's page cache was
+            // bypassed (and may hold the range's old bytes).
+            let direct = !from_cache && is_direct(flags.0);
+            if !direct {
+                self.note_kernel_cached(ino.0);
+            }
             let f = if from_cache {
                 OpenFh::default()
             } else {
@@ -513,12 +554,27 @@ impl Filesystem for FuseFs {
                 Ok(n) => n,
                 Err(e) => return reply.error(to_fuse(e)),
             };
-            if f.sync || f.dsync {
-                if let Err(e) = self.fs.fsync(ino.0, !f.sync) {
-                    return reply.error(to_fuse(e));
-                }
+            let synced = if f.sync || f.dsync {
+                self.fs.fsync(ino.0, !f.sync).map_err(to_fuse)
+            } else {
+                Ok(())
+            };
+            let answer = move || match synced {
+                Ok(()) => reply.written(n),
+                Err(e) => reply.error(e),
+            };
+            if !direct {
+                return answer();
             }
-            reply.written(n);
+            // The data landed (synced or not): the kernel's copies of its
+            // range go. An appending write landed where biofs put it:
+            // the whole file, then.
+            let (off, len) = if append {
+                (0, 0)
+            } else {
+                (offset, u64::from(n))
+            };
+            self.answer_direct_write(ino.0, off, len, answer);
         });
     }
 
@@ -706,13 +762,18 @@ impl Filesystem for FuseFs {
                 self.fs.create(&ctx(req), parent.0, name, mode)
             });
             match r {
-                Ok(a) => reply.created(
-                    &TTL,
-                    &convert::file_attr(&a),
-                    Generation(u64::from(a.generation)),
-                    FileHandle(OpenFh::from_flags(flags).to_fh()),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                ),
+                Ok(a) => {
+                    if !is_direct(flags) {
+                        self.note_kernel_cached(a.ino);
+                    }
+                    reply.created(
+                        &TTL,
+                        &convert::file_attr(&a),
+                        generation(&a),
+                        FileHandle(OpenFh::from_flags(flags).to_fh()),
+                        FopenFlags::FOPEN_KEEP_CACHE,
+                    )
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -790,6 +851,7 @@ mod tests {
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
             assert!(on.contains(f), "{f:?}");
         }
