@@ -341,7 +341,12 @@ impl Dev {
             },
         );
         for (b, d) in order {
-            builder.add_page(Sector(b * BLOCK_SECTORS), Page::from_slice(d), BLOCK_SIZE as u32, 0);
+            builder.add_page(
+                Sector(b * BLOCK_SECTORS),
+                Page::from_slice(d),
+                BLOCK_SIZE as u32,
+                0,
+            );
         }
         builder.finish();
         let (status, sector) = rx

@@ -328,11 +328,10 @@ impl Journal {
             pos = self.next(pos);
         }
         images.extend(headers.iter().map(|(at, d)| (*at, d.as_slice())));
-        dev.write_batch(&images)
-            .map_err(|e| {
-                let b = BioError::block_of(&e).unwrap_or(first);
-                io(e, b)
-            })?;
+        dev.write_batch(&images).map_err(|e| {
+            let b = BioError::block_of(&e).unwrap_or(first);
+            io(e, b)
+        })?;
         dev.flush().map_err(|e| io(e, self.area))?;
         if self.sb.start == 0 {
             // The log becomes live: point the superblock at it first.
