@@ -19,7 +19,7 @@ use super::{BLOCK_SIZE, BLOCK_SIZE_U64, INODE_SIZE};
 
 /// How far from the device's end mkfs may have left the backup superblock
 /// (a dropped tail group is at most this long).
-const BACKUP_SEARCH: u64 = 2 + 1024 + 16 + 1;
+pub(crate) const BACKUP_SEARCH: u64 = 2 + 1024 + 16 + 1;
 
 /// An open filesystem image.
 pub struct Image<'d> {

@@ -125,12 +125,15 @@ pub fn make_fs(dev: &Dev, params: &MkfsParams) -> Result<Superblock> {
     let io = |what, b| move |e| FormatError::io(what, b, e);
 
     // Old backup superblocks near the end (an earlier filesystem of
-    // another size) must not be found by fsck in place of ours.
-    for b in super::image::Image::stale_backups(dev) {
-        if b != geo.backup_block() {
-            dev.zero_blocks(b, 1).map_err(io("old backup zeroing", b))?;
-        }
-    }
+    // another size) must not be found by fsck in place of ours: every
+    // block where one can be is zeroed, before anything of ours is
+    // written. Not read first: under an integrity store laid out anew the
+    // old bytes have no valid tuples, and reading them fails (it logged a
+    // protection error for each on every mkfs -f of an old image).
+    let end = dev.blocks();
+    let from = end.saturating_sub(super::image::BACKUP_SEARCH);
+    dev.zero_blocks(from, end - from)
+        .map_err(io("old backup zeroing", from))?;
     // Every group uninitialised: one write-zeroes over the GDT.
     dev.zero_blocks(geo.gdt_start, geo.gdt_blocks)
         .map_err(io("GDT zeroing", geo.gdt_start))?;
