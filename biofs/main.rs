@@ -68,7 +68,9 @@ OPTIONS
             Enforce POSIX access control lists (setfacl, getfacl), kept
             in the extended attributes system.posix_acl_access and
             system.posix_acl_default; a new file or directory takes its
-            directory's default ACL instead of the umask (default: off).
+            directory's default ACL instead of the umask (default: on, as
+            on ext4). With noacl those two attributes are refused
+            (EOPNOTSUPP) and only the mode bits count.
         fsname=NAME
             The mount's source in /proc/mounts (default: TARGET).
         cache_size=SIZE

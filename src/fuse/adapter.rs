@@ -28,7 +28,7 @@ use super::convert::{self, OpenFh, Seek, Xattr};
 use super::errno::{own, to_fuse};
 use super::flush::Flusher;
 use super::readdir::DirReply;
-use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
+use crate::fs::{Attr, Ctx, Errno, Fs, FsResult, SetAttr};
 
 /// The virtual xattr of the root directory that holds [`Fs::stats`]:
 /// answered by the adapter, never stored, not listed, not settable.
@@ -45,8 +45,8 @@ pub(super) const TTL: Duration = Duration::from_secs(1);
 /// `max_pages` (256 pages here), which fuser derives from these.
 const MAX_IO: u32 = 1 << 20;
 
-/// What the adapter negotiates with the kernel (both off by default).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the adapter negotiates with the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FuseConfig {
     /// FUSE_WRITEBACK_CACHE: the kernel caches writes and owns file sizes.
     /// Off by default: with it a write() never reaches biofs, so a full
@@ -55,7 +55,17 @@ pub struct FuseConfig {
     /// own page cache.
     pub writeback_cache: bool,
     /// FUSE_POSIX_ACL: the kernel enforces POSIX ACLs stored as xattrs.
+    /// On by default, as on ext4 (`-o noacl` turns it off).
     pub posix_acl: bool,
+}
+
+impl Default for FuseConfig {
+    fn default() -> Self {
+        FuseConfig {
+            writeback_cache: false,
+            posix_acl: true,
+        }
+    }
 }
 
 /// The FUSE filesystem of a mounted biofs.
@@ -117,7 +127,7 @@ impl FuseFs {
     }
 
     /// Make a new inode (`make` is given the mode to create it with):
-    /// under `-o acl`, with the mode and ACLs its directory's default ACL
+    /// with ACLs on (unless `-o noacl`), with the mode and ACLs its directory's default ACL
     /// gives, or else the umask (the kernel leaves both to us then);
     /// otherwise as asked (the kernel has applied the umask).
     fn make_inode(
@@ -138,6 +148,11 @@ impl FuseFs {
 
     fn stats_xattr(&self, ino: INodeNo, name: &OsStr) -> bool {
         ino.0 == ROOT && name.as_bytes() == STATS_XATTR.as_bytes()
+    }
+
+    /// Under `-o noacl` the ACL attributes don't exist (EOPNOTSUPP).
+    fn acl_refused(&self, name: &OsStr) -> bool {
+        !self.cfg.posix_acl && acl::is_acl_name(name.as_bytes())
     }
 }
 
@@ -210,7 +225,8 @@ impl Filesystem for FuseFs {
         let have = config.capabilities();
         if self.cfg.posix_acl && !have.contains(InitFlags::FUSE_POSIX_ACL) {
             return Err(io::Error::other(
-                "-o acl: this kernel's FUSE does not offer POSIX ACLs (FUSE_POSIX_ACL)",
+                "POSIX ACLs: this kernel's FUSE does not offer them (FUSE_POSIX_ACL); \
+                 mount with -o noacl",
             ));
         }
         let missing = want & !have;
@@ -595,6 +611,9 @@ impl Filesystem for FuseFs {
             if position != 0 {
                 return reply.error(own(libc::EINVAL));
             }
+            if self.acl_refused(name) {
+                return reply.error(own(libc::EOPNOTSUPP));
+            }
             let r = if self.cfg.posix_acl && name.as_bytes() == acl::ACCESS {
                 self.acl_set_access(&ctx(req), ino.0, value)
             } else {
@@ -608,6 +627,8 @@ impl Filesystem for FuseFs {
         guarded("getxattr", || {
             let value = if self.stats_xattr(ino, name) {
                 Ok(self.fs.stats().into_bytes())
+            } else if self.acl_refused(name) {
+                Err(Errno::EOPNOTSUPP)
             } else {
                 self.fs.getxattr(ino.0, name.as_bytes())
             };
@@ -617,7 +638,11 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         guarded("listxattr", || {
-            reply_xattr(reply, self.fs.listxattr(ino.0), size)
+            let mut list = self.fs.listxattr(ino.0);
+            if !self.cfg.posix_acl {
+                list = list.map(|l| acl::without_acl_names(&l));
+            }
+            reply_xattr(reply, list, size)
         });
     }
 
@@ -625,6 +650,9 @@ impl Filesystem for FuseFs {
         guarded("removexattr", || {
             if self.stats_xattr(ino, name) {
                 return reply.error(own(libc::EPERM));
+            }
+            if self.acl_refused(name) {
+                return reply.error(own(libc::EOPNOTSUPP));
             }
             reply_empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
         });
@@ -742,7 +770,7 @@ mod tests {
             assert!(on.contains(f), "{f:?}");
         }
         assert!(!on.contains(InitFlags::FUSE_POSIX_ACL));
-        // Without -o acl the kernel applies the umask.
+        // With -o noacl the kernel applies the umask.
         assert!(!on.contains(InitFlags::FUSE_DONT_MASK));
         let off = FuseFs::wanted_capabilities(FuseConfig {
             writeback_cache: false,

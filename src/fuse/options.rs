@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(o.fs.commit_interval_secs, 5);
         assert_eq!(o.threads, DEFAULT_THREADS);
         assert!(!o.fuse.writeback_cache);
-        assert!(!o.fuse.posix_acl);
+        assert!(o.fuse.posix_acl, "ACLs are on by default, as on ext4");
         assert!(!o.allow_other);
         assert_eq!(o.fsname, None);
         Ok(())
