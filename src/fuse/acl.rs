@@ -17,6 +17,7 @@
 //! one transaction: the ACL is written before the mode it widens.
 
 use super::adapter::FuseFs;
+use super::privs::{Caller, S_ISGID};
 use crate::format::inode::FileType;
 use crate::fs::{Ctx, Errno, FsResult, SetAttr};
 
@@ -204,8 +205,14 @@ impl FuseFs {
         } else {
             self.fs.setxattr(ino, ACCESS, value, 0)?;
         }
-        let perm = u32::from(self.fs.getattr(ino)?.perm);
-        let mode = (perm & !0o777) | acl.mode_bits();
+        let a = self.fs.getattr(ino)?;
+        let perm = u32::from(a.perm);
+        let mut mode = (perm & !0o777) | acl.mode_bits();
+        // posix_acl_update_mode(): setgid goes unless the caller is in the
+        // inode's group or has CAP_FSETID (files and directories alike).
+        if mode & S_ISGID != 0 && !Caller::of(ctx).in_group_or_capable(a.gid) {
+            mode &= !S_ISGID;
+        }
         if mode != perm {
             let set = SetAttr {
                 mode: Some(mode),

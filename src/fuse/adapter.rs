@@ -293,10 +293,19 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         guarded("setattr", || {
+            let ctx = ctx(req);
+            // The kernel sends the type bits too; a chmod changes only
+            // the permission bits (with setuid, setgid and sticky).
+            let mut mode = mode.map(|m| m & 0o7777);
+            if size.is_some() {
+                // A truncate clears setuid and setgid as a write does.
+                mode = match self.truncate_mode(&ctx, ino.0, mode) {
+                    Ok(m) => m,
+                    Err(e) => return reply.error(to_fuse(e)),
+                };
+            }
             let set = SetAttr {
-                // The kernel sends the type bits too; a chmod changes only
-                // the permission bits (with setuid, setgid and sticky).
-                mode: mode.map(|m| m & 0o7777),
+                mode,
                 uid,
                 gid,
                 size,
@@ -304,7 +313,7 @@ impl Filesystem for FuseFs {
                 mtime: mtime.map(convert::time_set),
                 ctime: ctime.map(convert::request_timespec),
             };
-            reply_attr(reply, self.fs.setattr(&ctx(req), ino.0, &set));
+            reply_attr(reply, self.fs.setattr(&ctx, ino.0, &set));
         });
     }
 
@@ -420,6 +429,13 @@ impl Filesystem for FuseFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || {
             let truncate = flags.0 & libc::O_TRUNC != 0;
+            if truncate {
+                // With FUSE_ATOMIC_O_TRUNC the kernel leaves the truncate's
+                // setuid and setgid clearing to us entirely.
+                if let Err(e) = self.remove_privs(&ctx(req), ino.0) {
+                    return reply.error(to_fuse(e));
+                }
+            }
             match self.fs.open(&ctx(req), ino.0, truncate) {
                 Ok(()) => {
                     let fh = OpenFh::from_flags(flags.0).to_fh();
@@ -477,6 +493,11 @@ impl Filesystem for FuseFs {
             // With the writeback cache the kernel owns the size, and has
             // put an O_APPEND write at its end.
             let append = f.append && !self.cfg.writeback_cache;
+            if !from_cache {
+                if let Err(e) = self.remove_privs(&ctx(req), ino.0) {
+                    return reply.error(to_fuse(e));
+                }
+            }
             let n = match self.fs.write(&ctx(req), ino.0, offset, data, append) {
                 Ok(n) => n,
                 Err(e) => return reply.error(to_fuse(e)),
@@ -709,7 +730,10 @@ impl Filesystem for FuseFs {
                 Ok(m) => m,
                 Err(e) => return reply.error(e),
             };
-            let r = self.fs.fallocate(&ctx(req), ino.0, offset, length, mode);
+            // Every mode clears setuid and setgid, as file_modified() does.
+            let r = self
+                .remove_privs(&ctx(req), ino.0)
+                .and_then(|()| self.fs.fallocate(&ctx(req), ino.0, offset, length, mode));
             self.invalidate_attrs(ino.0);
             reply_empty(reply, r);
         });
