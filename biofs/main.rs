@@ -98,13 +98,25 @@ OPTIONS
             Once the mount is ready, append log messages to FILE instead
             of discarding them (in the background) or printing them to
             stderr (with -f).
-        dev, nodev, suid, nosuid, exec, noexec, atime, noatime
+        relatime, strictatime, noatime, atime
+            When reading a file or listing a directory updates its access
+            time (atime): relatime (the default; atime means the same)
+            when atime is not after the last change (mtime or ctime) or
+            is a day old; strictatime on every read; noatime never. Never
+            on a read-only mount. The new atime is written by the next
+            commit. Reads the kernel serves from its page cache don't
+            reach biofs: an open for reading drops that cache when a read
+            would update atime, so the first read after it counts; more
+            reads through the same open file count only if they reach
+            biofs (under strictatime).
+        nodiratime, diratime
+            Listing a directory leaves its atime alone, or not (default).
+        dev, nodev, suid, nosuid, exec, noexec
             Mount flags for the kernel (FUSE's defaults: nodev, nosuid).
         default_permissions
             Always on; accepted.
         defaults, auto, noauto, user, nouser, users, owner, group,
-        _netdev, nofail, relatime, strictatime, lazytime, diratime,
-        nodiratime, x-*, comment=*
+        _netdev, nofail, lazytime, x-*, comment=*
             mount(8) and fstab options that change nothing here; ignored.
 
         uid= and gid= are refused: biofs reports the owners stored in

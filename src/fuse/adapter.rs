@@ -441,7 +441,16 @@ impl Filesystem for FuseFs {
                     let fh = OpenFh::from_flags(flags.0).to_fh();
                     // Every change to a file's data comes through this
                     // kernel: its cached pages stay valid across opens.
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                    // Unless a read must update atime: the kernel then
+                    // drops them, so that the next read reaches biofs.
+                    let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY
+                        && flags.0 & libc::O_NOATIME == 0;
+                    let keep = if reads && self.fs.atime_due(ino.0) {
+                        FopenFlags::empty()
+                    } else {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    };
+                    reply.opened(FileHandle(fh), keep)
                 }
                 Err(e) => reply.error(to_fuse(e)),
             }
@@ -455,13 +464,20 @@ impl Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         guarded("read", || {
             match self.fs.read(&ctx(req), ino.0, offset, size) {
-                Ok(d) => reply.data(&d),
+                Ok(d) => {
+                    // Before the reply: the kernel then drops its cached
+                    // atime (fuse_invalidate_atime), and stat asks again.
+                    if flags.0 & libc::O_NOATIME == 0 {
+                        self.fs.accessed(ino.0);
+                    }
+                    reply.data(&d)
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -565,6 +581,7 @@ impl Filesystem for FuseFs {
         reply: ReplyDirectory,
     ) {
         guarded("readdir", || {
+            self.fs.accessed(ino.0);
             self.fill_dir(ino.0, offset, DirReply::Plain(reply))
         });
     }
@@ -578,6 +595,7 @@ impl Filesystem for FuseFs {
         reply: ReplyDirectoryPlus,
     ) {
         guarded("readdirplus", || {
+            self.fs.accessed(ino.0);
             self.fill_dir(ino.0, offset, DirReply::Plus(reply))
         });
     }

@@ -8,7 +8,7 @@ use fuser::{MountOption, SessionACL};
 
 use super::adapter::FuseConfig;
 use crate::format::units::parse_size;
-use crate::fs::MountOptions;
+use crate::fs::{AtimeMode, MountOptions};
 
 /// FUSE event-loop threads unless `threads=` says otherwise. A request
 /// holds its thread until its I/O is done, so the threads bound the I/O
@@ -33,11 +33,7 @@ const IGNORED: &[&str] = &[
     "_netdev",
     "nofail",
     "default_permissions", // always on
-    "relatime",
-    "strictatime",
     "lazytime",
-    "diratime",
-    "nodiratime",
 ];
 
 /// A parsed set of mount options.
@@ -108,7 +104,23 @@ fn apply(o: &mut Options, item: &str) -> Result<(), String> {
         "dev" | "nodev" => o.dev = Some(key == "dev"),
         "suid" | "nosuid" => o.suid = Some(key == "suid"),
         "exec" | "noexec" => o.exec = Some(key == "exec"),
-        "atime" | "noatime" => o.atime = Some(key == "atime"),
+        "atime" | "noatime" => {
+            o.atime = Some(key == "atime");
+            o.fs.atime = if key == "atime" {
+                AtimeMode::Relatime
+            } else {
+                AtimeMode::NoAtime
+            };
+        }
+        "relatime" | "strictatime" => {
+            o.atime = None;
+            o.fs.atime = if key == "relatime" {
+                AtimeMode::Relatime
+            } else {
+                AtimeMode::Strict
+            };
+        }
+        "diratime" | "nodiratime" => o.fs.nodiratime = key == "nodiratime",
         "fsname" => {
             let v = need("a name")?;
             if v.is_empty() {
@@ -182,6 +194,8 @@ impl Options {
         set(self.suid != Some(true), libc::MS_NOSUID);
         set(self.exec == Some(false), libc::MS_NOEXEC);
         set(self.atime == Some(false), libc::MS_NOATIME);
+        set(self.fs.atime == AtimeMode::Strict, libc::MS_STRICTATIME);
+        set(self.fs.nodiratime, libc::MS_NODIRATIME);
         f
     }
 
@@ -314,7 +328,25 @@ mod tests {
         ])?;
         assert_eq!(o.suid, Some(false));
         assert_eq!(o.atime, Some(false));
+        assert_eq!(o.fs.atime, AtimeMode::NoAtime);
         assert!(!o.fs.read_only);
+        Ok(())
+    }
+
+    #[test]
+    fn atime_options_the_last_wins() -> Result<(), String> {
+        assert_eq!(parse::<&str>(&[])?.fs.atime, AtimeMode::Relatime);
+        let o = parse(&["noatime,strictatime,nodiratime"])?;
+        assert_eq!(o.fs.atime, AtimeMode::Strict);
+        assert!(o.fs.nodiratime);
+        assert_eq!(
+            o.ms_flags(),
+            libc::MS_NODEV | libc::MS_NOSUID | libc::MS_STRICTATIME | libc::MS_NODIRATIME
+        );
+        let o = parse(&["strictatime,nodiratime", "relatime,diratime,noatime"])?;
+        assert_eq!(o.fs.atime, AtimeMode::NoAtime);
+        assert!(!o.fs.nodiratime);
+        assert_eq!(parse(&["noatime,atime"])?.fs.atime, AtimeMode::Relatime);
         Ok(())
     }
 
