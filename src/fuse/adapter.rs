@@ -297,9 +297,19 @@ impl Filesystem for FuseFs {
             // The kernel sends the type bits too; a chmod changes only
             // the permission bits (with setuid, setgid and sticky).
             let mut mode = mode.map(|m| m & 0o7777);
-            if size.is_some() {
-                // A truncate clears setuid and setgid as a write does.
-                mode = match self.truncate_mode(&ctx, ino.0, mode) {
+            // A truncate clears setuid and setgid as a write does. So does
+            // a SETATTR that sets nothing: what the kernel's FUSE sends
+            // for file_remove_privs() when its own rules kill no bit (a
+            // write through the writeback cache, which never reaches
+            // write() here with the writer's credentials).
+            let nothing = mode.is_none()
+                && uid.is_none()
+                && gid.is_none()
+                && atime.is_none()
+                && mtime.is_none()
+                && ctime.is_none();
+            if size.is_some() || nothing {
+                mode = match self.killed_mode(&ctx, ino.0, mode) {
                     Ok(m) => m,
                     Err(e) => return reply.error(to_fuse(e)),
                 };

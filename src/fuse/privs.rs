@@ -17,7 +17,10 @@
 //! Without FUSE_HANDLE_KILLPRIV_V2 the kernel's FUSE clears S_ISUID and a
 //! group-executable S_ISGID itself (a SETATTR before the write), but not
 //! the rest, and nothing at all for an `open(O_TRUNC)` (with
-//! FUSE_ATOMIC_O_TRUNC) or an ACL. The caller is the request's thread:
+//! FUSE_ATOMIC_O_TRUNC) or an ACL. When its rules kill nothing it still
+//! sends a SETATTR that sets nothing, with the writer's credentials: with
+//! the writeback cache (whose writes reach biofs later, without them) that
+//! is where biofs applies the rules. The caller is the request's thread:
 //! its capabilities and supplementary groups come from `/proc/PID/status`.
 
 use super::adapter::FuseFs;
@@ -123,10 +126,11 @@ impl FuseFs {
         Ok(())
     }
 
-    /// The mode a truncate by `ctx` to `ino` leaves, if it must change:
+    /// The mode a truncate (or another change of the data) by `ctx` to
+    /// `ino` leaves, if it must change:
     /// `mode` (a chmod in the same request) or the inode's, less what
     /// [`data_change_kills`] clears.
-    pub(super) fn truncate_mode(
+    pub(super) fn killed_mode(
         &self,
         ctx: &Ctx,
         ino: u64,
