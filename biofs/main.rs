@@ -101,7 +101,9 @@ OPTIONS
             Enforce POSIX access control lists (setfacl, getfacl), kept
             in the extended attributes system.posix_acl_access and
             system.posix_acl_default; a new file or directory takes its
-            directory's default ACL instead of the umask (default: off).
+            directory's default ACL instead of the umask (default: on, as
+            on ext4). With noacl those two attributes are refused
+            (EOPNOTSUPP) and only the mode bits count.
         fsname=NAME
             The mount's source in /proc/mounts (default: TARGET).
         cache_size=SIZE
@@ -129,13 +131,25 @@ OPTIONS
             Once the mount is ready, append log messages to FILE instead
             of discarding them (in the background) or printing them to
             stderr (with -f).
-        dev, nodev, suid, nosuid, exec, noexec, atime, noatime
+        relatime, strictatime, noatime, atime
+            When reading a file or listing a directory updates its access
+            time (atime): relatime (the default; atime means the same)
+            when atime is not after the last change (mtime or ctime) or
+            is a day old; strictatime on every read; noatime never. Never
+            on a read-only mount. The new atime is written by the next
+            commit. Reads the kernel serves from its page cache don't
+            reach biofs: an open for reading drops that cache when a read
+            would update atime, so the first read after it counts; more
+            reads through the same open file count only if they reach
+            biofs (under strictatime).
+        nodiratime, diratime
+            Listing a directory leaves its atime alone, or not (default).
+        dev, nodev, suid, nosuid, exec, noexec
             Mount flags for the kernel (FUSE's defaults: nodev, nosuid).
         default_permissions
             Always on; accepted.
         defaults, auto, noauto, user, nouser, users, owner, group,
-        _netdev, nofail, relatime, strictatime, lazytime, diratime,
-        nodiratime, x-*, comment=*
+        _netdev, nofail, lazytime, x-*, comment=*
             mount(8) and fstab options that change nothing here; ignored.
 
         uid= and gid= are refused: biofs reports the owners stored in

@@ -9,7 +9,9 @@ use biofs::block::backend::{BlockBackend, MemBackend};
 use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
 use biofs::format::inode::Timespec;
 use biofs::format::mkfs::{make_fs, MkfsParams};
-use biofs::fs::{Ctx, Errno, FallocMode, Fs, MountOptions, RenameFlags, SeekWhence, SetAttr};
+use biofs::fs::{
+    AtimeMode, Ctx, Errno, FallocMode, Fs, MountOptions, RenameFlags, SeekWhence, SetAttr, TimeSet,
+};
 
 mod common;
 use common::fsimage::{check_quietly, crash_device, dev_on, logged_device};
@@ -518,4 +520,61 @@ fn a_readers_ionice_class_reaches_the_scheduler() {
         "the idle-class reader's bios were not idle class"
     );
     drop(fs);
+}
+
+/// A read's atime (Fs::accessed, relatime by default) is only a change of
+/// the running transaction: no write reaches the device until the commit,
+/// which then keeps it across a remount. Under noatime, and on a
+/// read-only mount, nothing changes.
+#[test]
+fn an_atime_update_rides_in_the_next_commit() {
+    let mem = new_device(64 << 20);
+    // No background commit between the read and the count of writes.
+    let quiet = MountOptions {
+        commit_interval_secs: 3600,
+        ..MountOptions::default()
+    };
+    let fs = Fs::mount_dev(dev_on(mem.clone()), &quiet).unwrap();
+    let c = Ctx::root();
+    let f = fs.create(&c, ROOT, b"f", 0o644).unwrap().ino;
+    fs.write(&c, f, 0, b"data", false).unwrap();
+    fs.release(f).unwrap();
+    let old = Timespec {
+        sec: 1_000_000_000,
+        nsec: 0,
+    };
+    let set = SetAttr {
+        atime: Some(TimeSet::At(old)),
+        ..SetAttr::default()
+    };
+    fs.setattr(&c, f, &set).unwrap();
+    fs.syncfs().unwrap();
+
+    fs.set_atime(AtimeMode::NoAtime, false);
+    assert!(!fs.atime_due(f));
+    fs.accessed(f);
+    assert_eq!(fs.getattr(f).unwrap().atime, old);
+
+    fs.set_atime(AtimeMode::Relatime, false);
+    assert!(fs.atime_due(f));
+    let writes = fs.engine_stats().writes;
+    fs.accessed(f);
+    let now = fs.getattr(f).unwrap().atime;
+    assert!(now > old, "relatime: an atime before mtime is updated");
+    assert_eq!(fs.engine_stats().writes, writes, "the read wrote nothing");
+    assert!(!fs.atime_due(f), "relatime: once is enough");
+    drop(fs);
+
+    let ro = MountOptions {
+        read_only: true,
+        ..MountOptions::default()
+    };
+    let fs = Fs::mount_dev(dev_on(mem.clone()), &ro).unwrap();
+    assert_eq!(fs.getattr(f).unwrap().atime, now, "kept by the commit");
+    fs.set_atime(AtimeMode::Strict, false);
+    assert!(!fs.atime_due(f));
+    fs.accessed(f);
+    assert_eq!(fs.getattr(f).unwrap().atime, now, "never on ro");
+    drop(fs);
+    fsck_clean(&mem);
 }

@@ -6,6 +6,7 @@
 //! allocation inside them ([`alloc`]).
 
 pub mod alloc;
+mod atime;
 mod data;
 pub mod dir;
 pub mod extmap;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 
+use super::atime::AtimePolicy;
 use super::data::{allocate_unwritten, ioprio_of, lock, write_lock, DataCtx, MAX_FILE_SIZE};
 use super::extmap;
 use super::meta::{touch, Meta};
@@ -61,6 +62,7 @@ pub struct Fs {
     read_only: AtomicBool,
     /// The device was opened read-only: no remount can make it writable.
     opened_read_only: bool,
+    atime: AtimePolicy,
 }
 
 impl Core {
@@ -255,6 +257,7 @@ impl Fs {
             flusher: Mutex::new(flusher),
             read_only: AtomicBool::new(opts.read_only),
             opened_read_only: opts.read_only,
+            atime: AtimePolicy::new(opts.atime, opts.nodiratime),
         })
     }
 
@@ -567,6 +570,43 @@ impl Fs {
             st.opens = st.opens.saturating_sub(1);
         }
         self.core.release_inode(ino)
+    }
+
+    /// Change the atime options of the mount (`noatime`, `relatime`,
+    /// `strictatime`, `nodiratime`), as a remount does.
+    pub fn set_atime(&self, mode: AtimeMode, nodiratime: bool) {
+        self.atime.set(mode, nodiratime);
+    }
+
+    /// Would a read of `ino` now update its atime? (The adapter lets the
+    /// kernel keep its cached pages only when not, so that the read
+    /// reaches biofs.) Never on a read-only mount.
+    pub fn atime_due(&self, ino: u64) -> bool {
+        if self.is_read_only() || self.atime.get().0 == AtimeMode::NoAtime {
+            return false;
+        }
+        let now = Timespec::now();
+        let mut m = self.meta();
+        m.get(ino).is_ok_and(|i| self.atime.needs_update(i, now))
+    }
+
+    /// Counterpart of `touch_atime()`: `ino`'s data or entries were read;
+    /// update its atime as the mount's options say. The change joins the
+    /// running transaction (the next commit writes it); nothing is written
+    /// now, and nothing on a read-only mount. Best effort: a failure
+    /// (the inode gone, the filesystem refusing changes) is ignored.
+    pub fn accessed(&self, ino: u64) {
+        if self.is_read_only() || self.atime.get().0 == AtimeMode::NoAtime {
+            return;
+        }
+        let now = Timespec::now();
+        let mut m = self.meta();
+        if !m.get(ino).is_ok_and(|i| self.atime.needs_update(i, now)) {
+            return;
+        }
+        if let Ok(st) = m.get_mut(ino) {
+            st.inode.atime = now;
+        }
     }
 
     /// Up to `size` bytes from `off` (fewer at the end of the file).

@@ -129,6 +129,25 @@ pub struct MountOptions {
     pub commit_interval_secs: u64,
     /// How the image's exclusive lock is taken.
     pub lock: crate::format::dev::LockHow,
+    /// When reads update atime (`relatime`, `strictatime`, `noatime`).
+    pub atime: AtimeMode,
+    /// Directory reads leave atime alone (`nodiratime`).
+    pub nodiratime: bool,
+}
+
+/// When a read of a file's data or a directory's entries updates its
+/// atime: the mount's `noatime`, `relatime` (the default) or
+/// `strictatime`, as the kernel's `MNT_NOATIME`, `MNT_RELATIME` and
+/// `MS_STRICTATIME`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// Never.
+    NoAtime,
+    /// When atime is not after mtime or ctime, or is a day old.
+    #[default]
+    Relatime,
+    /// On every read.
+    Strict,
 }
 
 impl Default for MountOptions {
@@ -140,6 +159,8 @@ impl Default for MountOptions {
             verify_reads: true,
             commit_interval_secs: 5,
             lock: crate::format::dev::LockHow::default(),
+            atime: AtimeMode::Relatime,
+            nodiratime: false,
         }
     }
 }

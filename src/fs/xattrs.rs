@@ -26,6 +26,8 @@ impl Meta {
                 let st = self.get_mut(ino)?;
                 st.inode.xattr_block = 0;
                 st.inode.blocks = st.inode.blocks.saturating_sub(1);
+                // Removing the last attribute is a change of the inode too.
+                touch(&mut st.inode, false);
                 self.free_blocks(old, 1, true)?;
             }
             return Ok(());

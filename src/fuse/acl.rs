@@ -1,4 +1,4 @@
-//! POSIX ACLs under `-o acl` (FUSE_POSIX_ACL). The kernel checks access
+//! POSIX ACLs (FUSE_POSIX_ACL), on unless `-o noacl`. The kernel checks access
 //! against the ACLs it reads through getxattr, but leaves to the
 //! filesystem what ext4 does in `ext4_set_acl()` and `ext4_init_acl()`:
 //!
@@ -9,15 +9,37 @@
 //!   ACL, fitted to the mode it was created with, instead of the umask
 //!   (`posix_acl_create()`); a new directory inherits the default ACL too.
 //!
+//! With `-o noacl` the two ACL attributes are refused (EOPNOTSUPP) and
+//! not listed, as ext4 does, instead of kept as attributes that mean
+//! nothing.
+//!
 //! Until the core knows ACLs, each of these is two of its operations, not
 //! one transaction: the ACL is written before the mode it widens.
 
 use super::adapter::FuseFs;
+use super::privs::{Caller, S_ISGID};
 use crate::format::inode::FileType;
 use crate::fs::{Ctx, Errno, FsResult, SetAttr};
 
 pub const ACCESS: &[u8] = b"system.posix_acl_access";
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
+
+/// Is `name` one of the two ACL attributes?
+pub fn is_acl_name(name: &[u8]) -> bool {
+    name == ACCESS || name == DEFAULT
+}
+
+/// A `listxattr` answer (names each ended by a NUL) without the ACL
+/// attributes.
+pub fn without_acl_names(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split_inclusive(|&b| b == 0) {
+        if !is_acl_name(name.strip_suffix(&[0]).unwrap_or(name)) {
+            out.extend_from_slice(name);
+        }
+    }
+    out
+}
 
 /// `POSIX_ACL_XATTR_VERSION`: the xattr's header.
 const VERSION: u32 = 2;
@@ -183,8 +205,14 @@ impl FuseFs {
         } else {
             self.fs.setxattr(ino, ACCESS, value, 0)?;
         }
-        let perm = u32::from(self.fs.getattr(ino)?.perm);
-        let mode = (perm & !0o777) | acl.mode_bits();
+        let a = self.fs.getattr(ino)?;
+        let perm = u32::from(a.perm);
+        let mut mode = (perm & !0o777) | acl.mode_bits();
+        // posix_acl_update_mode(): setgid goes unless the caller is in the
+        // inode's group or has CAP_FSETID (files and directories alike).
+        if mode & S_ISGID != 0 && !Caller::of(ctx).in_group_or_capable(a.gid) {
+            mode &= !S_ISGID;
+        }
         if mode != perm {
             let set = SetAttr {
                 mode: Some(mode),
@@ -219,6 +247,15 @@ mod tests {
             (MASK, 7, u32::MAX),
             (OTHER, 0, u32::MAX),
         ])
+    }
+
+    #[test]
+    fn listing_without_acls() {
+        let list = b"user.a\0system.posix_acl_access\0trusted.b\0system.posix_acl_default\0";
+        assert_eq!(without_acl_names(list), b"user.a\0trusted.b\0");
+        assert_eq!(without_acl_names(b""), b"");
+        assert!(is_acl_name(ACCESS) && is_acl_name(DEFAULT));
+        assert!(!is_acl_name(b"system.posix_acl"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use super::convert::{self, OpenFh, Seek, Xattr};
 use super::errno::{own, to_fuse};
 use super::flush::{Flusher, KernelCached};
 use super::readdir::DirReply;
-use crate::fs::{Attr, Ctx, Fs, FsResult, SetAttr};
+use crate::fs::{Attr, Ctx, Errno, Fs, FsResult, SetAttr};
 
 /// The virtual xattr of the root directory that holds [`Fs::stats`]:
 /// answered by the adapter, never stored, not listed, not settable.
@@ -55,8 +55,8 @@ pub(super) const TTL: Duration = Duration::from_secs(1);
 /// `max_pages` (256 pages here), which fuser derives from these.
 const MAX_IO: u32 = 1 << 20;
 
-/// What the adapter negotiates with the kernel (both off by default).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the adapter negotiates with the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FuseConfig {
     /// FUSE_WRITEBACK_CACHE: the kernel caches writes and owns file sizes.
     /// Off by default: with it a write() never reaches biofs, so a full
@@ -65,7 +65,17 @@ pub struct FuseConfig {
     /// own page cache.
     pub writeback_cache: bool,
     /// FUSE_POSIX_ACL: the kernel enforces POSIX ACLs stored as xattrs.
+    /// On by default, as on ext4 (`-o noacl` turns it off).
     pub posix_acl: bool,
+}
+
+impl Default for FuseConfig {
+    fn default() -> Self {
+        FuseConfig {
+            writeback_cache: false,
+            posix_acl: true,
+        }
+    }
 }
 
 /// The FUSE filesystem of a mounted biofs.
@@ -135,7 +145,7 @@ impl FuseFs {
     }
 
     /// Make a new inode (`make` is given the mode to create it with):
-    /// under `-o acl`, with the mode and ACLs its directory's default ACL
+    /// with ACLs on (unless `-o noacl`), with the mode and ACLs its directory's default ACL
     /// gives, or else the umask (the kernel leaves both to us then);
     /// otherwise as asked (the kernel has applied the umask).
     fn make_inode(
@@ -186,6 +196,11 @@ impl FuseFs {
         } else {
             None
         }
+    }
+
+    /// Under `-o noacl` the ACL attributes don't exist (EOPNOTSUPP).
+    fn acl_refused(&self, name: &OsStr) -> bool {
+        !self.cfg.posix_acl && acl::is_acl_name(name.as_bytes())
     }
 }
 
@@ -271,7 +286,8 @@ impl Filesystem for FuseFs {
         let have = config.capabilities();
         if self.cfg.posix_acl && !have.contains(InitFlags::FUSE_POSIX_ACL) {
             return Err(io::Error::other(
-                "-o acl: this kernel's FUSE does not offer POSIX ACLs (FUSE_POSIX_ACL)",
+                "POSIX ACLs: this kernel's FUSE does not offer them (FUSE_POSIX_ACL); \
+                 mount with -o noacl",
             ));
         }
         let missing = want & !have;
@@ -352,10 +368,29 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         guarded("setattr", || {
+            let ctx = ctx(req);
+            // The kernel sends the type bits too; a chmod changes only
+            // the permission bits (with setuid, setgid and sticky).
+            let mut mode = mode.map(|m| m & 0o7777);
+            // A truncate clears setuid and setgid as a write does. So does
+            // a SETATTR that sets nothing: what the kernel's FUSE sends
+            // for file_remove_privs() when its own rules kill no bit (a
+            // write through the writeback cache, which never reaches
+            // write() here with the writer's credentials).
+            let nothing = mode.is_none()
+                && uid.is_none()
+                && gid.is_none()
+                && atime.is_none()
+                && mtime.is_none()
+                && ctime.is_none();
+            if size.is_some() || nothing {
+                mode = match self.killed_mode(&ctx, ino.0, mode) {
+                    Ok(m) => m,
+                    Err(e) => return reply.error(to_fuse(e)),
+                };
+            }
             let set = SetAttr {
-                // The kernel sends the type bits too; a chmod changes only
-                // the permission bits (with setuid, setgid and sticky).
-                mode: mode.map(|m| m & 0o7777),
+                mode,
                 uid,
                 gid,
                 size,
@@ -363,7 +398,7 @@ impl Filesystem for FuseFs {
                 mtime: mtime.map(convert::time_set),
                 ctime: ctime.map(convert::request_timespec),
             };
-            reply_attr(reply, self.fs.setattr(&ctx(req), ino.0, &set));
+            reply_attr(reply, self.fs.setattr(&ctx, ino.0, &set));
         });
     }
 
@@ -479,6 +514,13 @@ impl Filesystem for FuseFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || {
             let truncate = flags.0 & libc::O_TRUNC != 0;
+            if truncate {
+                // With FUSE_ATOMIC_O_TRUNC the kernel leaves the truncate's
+                // setuid and setgid clearing to us entirely.
+                if let Err(e) = self.remove_privs(&ctx(req), ino.0) {
+                    return reply.error(to_fuse(e));
+                }
+            }
             match self.fs.open(&ctx(req), ino.0, truncate) {
                 Ok(()) => {
                     if !is_direct(flags.0) {
@@ -487,7 +529,16 @@ impl Filesystem for FuseFs {
                     let fh = OpenFh::from_flags(flags.0).to_fh();
                     // Every change to a file's data comes through this
                     // kernel: its cached pages stay valid across opens.
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                    // Unless a read must update atime: the kernel then
+                    // drops them, so that the next read reaches biofs.
+                    let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY
+                        && flags.0 & libc::O_NOATIME == 0;
+                    let keep = if reads && self.fs.atime_due(ino.0) {
+                        FopenFlags::empty()
+                    } else {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    };
+                    reply.opened(FileHandle(fh), keep)
                 }
                 Err(e) => reply.error(to_fuse(e)),
             }
@@ -512,7 +563,14 @@ impl Filesystem for FuseFs {
                 self.note_kernel_cached(ino.0);
             }
             match self.fs.read(&ctx(req), ino.0, offset, size) {
-                Ok(d) => reply.data(&d),
+                Ok(d) => {
+                    // Before the reply: the kernel then drops its cached
+                    // atime (fuse_invalidate_atime), and stat asks again.
+                    if flags.0 & libc::O_NOATIME == 0 {
+                        self.fs.accessed(ino.0);
+                    }
+                    reply.data(&d)
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -550,6 +608,11 @@ impl Filesystem for FuseFs {
             // With the writeback cache the kernel owns the size, and has
             // put an O_APPEND write at its end.
             let append = f.append && !self.cfg.writeback_cache;
+            if !from_cache {
+                if let Err(e) = self.remove_privs(&ctx(req), ino.0) {
+                    return reply.error(to_fuse(e));
+                }
+            }
             let n = match self.fs.write(&ctx(req), ino.0, offset, data, append) {
                 Ok(n) => n,
                 Err(e) => return reply.error(to_fuse(e)),
@@ -632,6 +695,7 @@ impl Filesystem for FuseFs {
         reply: ReplyDirectory,
     ) {
         guarded("readdir", || {
+            self.fs.accessed(ino.0);
             self.fill_dir(ino.0, offset, DirReply::Plain(reply))
         });
     }
@@ -645,6 +709,7 @@ impl Filesystem for FuseFs {
         reply: ReplyDirectoryPlus,
     ) {
         guarded("readdirplus", || {
+            self.fs.accessed(ino.0);
             self.fill_dir(ino.0, offset, DirReply::Plus(reply))
         });
     }
@@ -699,6 +764,9 @@ impl Filesystem for FuseFs {
             if position != 0 {
                 return reply.error(own(libc::EINVAL));
             }
+            if self.acl_refused(name) {
+                return reply.error(own(libc::EOPNOTSUPP));
+            }
             let r = if self.cfg.posix_acl && name.as_bytes() == acl::ACCESS {
                 self.acl_set_access(&ctx(req), ino.0, value)
             } else {
@@ -716,6 +784,8 @@ impl Filesystem for FuseFs {
                 .flatten()
             {
                 Ok(v)
+            } else if self.acl_refused(name) {
+                Err(Errno::EOPNOTSUPP)
             } else {
                 self.fs.getxattr(ino.0, name.as_bytes())
             };
@@ -725,7 +795,11 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         guarded("listxattr", || {
-            reply_xattr(reply, self.fs.listxattr(ino.0), size)
+            let mut list = self.fs.listxattr(ino.0);
+            if !self.cfg.posix_acl {
+                list = list.map(|l| acl::without_acl_names(&l));
+            }
+            reply_xattr(reply, list, size)
         });
     }
 
@@ -733,6 +807,9 @@ impl Filesystem for FuseFs {
         guarded("removexattr", || {
             if self.virtual_xattr(ino, name) {
                 return reply.error(own(libc::EPERM));
+            }
+            if self.acl_refused(name) {
+                return reply.error(own(libc::EOPNOTSUPP));
             }
             reply_empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
         });
@@ -794,7 +871,10 @@ impl Filesystem for FuseFs {
                 Ok(m) => m,
                 Err(e) => return reply.error(e),
             };
-            let r = self.fs.fallocate(&ctx(req), ino.0, offset, length, mode);
+            // Every mode clears setuid and setgid, as file_modified() does.
+            let r = self
+                .remove_privs(&ctx(req), ino.0)
+                .and_then(|()| self.fs.fallocate(&ctx(req), ino.0, offset, length, mode));
             self.invalidate_attrs(ino.0);
             reply_empty(reply, r);
         });
@@ -856,7 +936,7 @@ mod tests {
             assert!(on.contains(f), "{f:?}");
         }
         assert!(!on.contains(InitFlags::FUSE_POSIX_ACL));
-        // Without -o acl the kernel applies the umask.
+        // With -o noacl the kernel applies the umask.
         assert!(!on.contains(InitFlags::FUSE_DONT_MASK));
         let off = FuseFs::wanted_capabilities(FuseConfig {
             writeback_cache: false,

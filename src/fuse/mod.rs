@@ -5,9 +5,11 @@
 //! - [`convert`]: attributes, times, names and flag sets, both ways.
 //! - [`adapter`]: the `fuser::Filesystem` ([`FuseFs`]), request by request;
 //!   `readdir` fills its directory replies.
-//! - `acl`: POSIX ACLs under `-o acl`, the part FUSE leaves to the
+//! - `acl`: POSIX ACLs (on unless `-o noacl`), the part FUSE leaves to the
 //!   filesystem (the mode kept in step, default ACLs inherited).
 //! - [`options`]: the `-o` mount options of `biofs` and mount(8).
+//! - `privs`: setuid and setgid cleared on writes, truncates, fallocate
+//!   and ACL changes, by the kernel's rules and the caller's credentials.
 //! - [`session`]: mounting, the event loops, and ending on a signal or an
 //!   unmount.
 
@@ -17,6 +19,7 @@ pub mod convert;
 pub mod errno;
 mod flush;
 pub mod options;
+mod privs;
 mod readdir;
 pub mod session;
 

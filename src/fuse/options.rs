@@ -8,7 +8,7 @@ use fuser::{MountOption, SessionACL};
 
 use super::adapter::FuseConfig;
 use crate::format::units::parse_size;
-use crate::fs::MountOptions;
+use crate::fs::{AtimeMode, MountOptions};
 
 /// FUSE event-loop threads unless `threads=` says otherwise. A request
 /// holds its thread until its I/O is done, so the threads bound the I/O
@@ -33,11 +33,7 @@ const IGNORED: &[&str] = &[
     "_netdev",
     "nofail",
     "default_permissions", // always on
-    "relatime",
-    "strictatime",
     "lazytime",
-    "diratime",
-    "nodiratime",
 ];
 
 /// A parsed set of mount options.
@@ -115,7 +111,23 @@ fn apply(o: &mut Options, item: &str) -> Result<(), String> {
         "dev" | "nodev" => o.dev = Some(key == "dev"),
         "suid" | "nosuid" => o.suid = Some(key == "suid"),
         "exec" | "noexec" => o.exec = Some(key == "exec"),
-        "atime" | "noatime" => o.atime = Some(key == "atime"),
+        "atime" | "noatime" => {
+            o.atime = Some(key == "atime");
+            o.fs.atime = if key == "atime" {
+                AtimeMode::Relatime
+            } else {
+                AtimeMode::NoAtime
+            };
+        }
+        "relatime" | "strictatime" => {
+            o.atime = None;
+            o.fs.atime = if key == "relatime" {
+                AtimeMode::Relatime
+            } else {
+                AtimeMode::Strict
+            };
+        }
+        "diratime" | "nodiratime" => o.fs.nodiratime = key == "nodiratime",
         "fuseblk" | "nofuseblk" => o.fuseblk = Some(key == "fuseblk"),
         "remount" => o.remount = true,
         // What mount(8) repeats from /proc/mounts for a remount: the
@@ -194,6 +206,8 @@ impl Options {
         set(self.suid != Some(true), libc::MS_NOSUID);
         set(self.exec == Some(false), libc::MS_NOEXEC);
         set(self.atime == Some(false), libc::MS_NOATIME);
+        set(self.fs.atime == AtimeMode::Strict, libc::MS_STRICTATIME);
+        set(self.fs.nodiratime, libc::MS_NODIRATIME);
         f
     }
 
@@ -271,7 +285,7 @@ mod tests {
         assert_eq!(o.fs.commit_interval_secs, 5);
         assert_eq!(o.threads, DEFAULT_THREADS);
         assert!(!o.fuse.writeback_cache);
-        assert!(!o.fuse.posix_acl);
+        assert!(o.fuse.posix_acl, "ACLs are on by default, as on ext4");
         assert!(!o.allow_other);
         assert_eq!(o.fsname, None);
         Ok(())
@@ -337,7 +351,25 @@ mod tests {
         ])?;
         assert_eq!(o.suid, Some(false));
         assert_eq!(o.atime, Some(false));
+        assert_eq!(o.fs.atime, AtimeMode::NoAtime);
         assert!(!o.fs.read_only);
+        Ok(())
+    }
+
+    #[test]
+    fn atime_options_the_last_wins() -> Result<(), String> {
+        assert_eq!(parse::<&str>(&[])?.fs.atime, AtimeMode::Relatime);
+        let o = parse(&["noatime,strictatime,nodiratime"])?;
+        assert_eq!(o.fs.atime, AtimeMode::Strict);
+        assert!(o.fs.nodiratime);
+        assert_eq!(
+            o.ms_flags(),
+            libc::MS_NODEV | libc::MS_NOSUID | libc::MS_STRICTATIME | libc::MS_NODIRATIME
+        );
+        let o = parse(&["strictatime,nodiratime", "relatime,diratime,noatime"])?;
+        assert_eq!(o.fs.atime, AtimeMode::NoAtime);
+        assert!(!o.fs.nodiratime);
+        assert_eq!(parse(&["noatime,atime"])?.fs.atime, AtimeMode::Relatime);
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use super::adapter::FuseFs;
 use super::flush::Flusher;
 use super::options::Options;
-use crate::fs::{Fs, FsResult};
+use crate::fs::{AtimeMode, Fs, FsResult};
 use crate::sys;
 
 /// The signals that end a mount.
@@ -236,6 +236,9 @@ fn watch_remounts(fs: Arc<Fs>, mountpoint: &Path) -> io::Result<()> {
                 let Some(ro) = mountinfo_read_only(&text, &dev) else {
                     return;
                 };
+                if let Some((mode, nodiratime)) = mountinfo_atime(&text, &dev) {
+                    fs.set_atime(mode, nodiratime);
+                }
                 if ro != fs.is_read_only() {
                     if let Err(e) = fs.remount(ro) {
                         log::error!(
@@ -250,6 +253,25 @@ fn watch_remounts(fs: Arc<Fs>, mountpoint: &Path) -> io::Result<()> {
             }
         })
         .map(|_| ())
+}
+
+/// The atime options of the mount with device `dev` (`MAJOR:MINOR`), from
+/// the per-mount options of its line in a mountinfo text: `noatime`,
+/// `relatime`, or neither (strictatime); and `nodiratime`.
+fn mountinfo_atime(info: &str, dev: &str) -> Option<(AtimeMode, bool)> {
+    let line = info
+        .lines()
+        .filter(|l| l.split(' ').nth(2) == Some(dev))
+        .next_back()?;
+    let opts: Vec<&str> = line.split(' ').nth(5)?.split(',').collect();
+    let mode = if opts.contains(&"noatime") {
+        AtimeMode::NoAtime
+    } else if opts.contains(&"relatime") {
+        AtimeMode::Relatime
+    } else {
+        AtimeMode::Strict
+    };
+    Some((mode, opts.contains(&"nodiratime")))
 }
 
 /// Whether the superblock of the mount with device `dev` (`MAJOR:MINOR`)
@@ -424,5 +446,14 @@ mod tests {
         assert_eq!(mountinfo_read_only(info, "0:39"), Some(true));
         assert_eq!(mountinfo_read_only(info, "7:3"), Some(false));
         assert_eq!(mountinfo_read_only(info, "0:40"), None);
+        assert_eq!(
+            mountinfo_atime(info, "0:39"),
+            Some((AtimeMode::Strict, false))
+        );
+        let info = "41 22 7:3 / /mnt/b rw,noatime,nodiratime - fuseblk.biofs /dev/loop3 rw\n\
+                    42 22 7:4 / /mnt/c rw,relatime - fuseblk.biofs /dev/loop4 rw\n";
+        assert_eq!(mountinfo_atime(info, "7:3"), Some((AtimeMode::NoAtime, true)));
+        assert_eq!(mountinfo_atime(info, "7:4"), Some((AtimeMode::Relatime, false)));
+        assert_eq!(mountinfo_atime(info, "7:5"), None);
     }
 }
