@@ -92,14 +92,29 @@ pub fn mount(
             &format!("{},{BLOCK_SIZE_OPT}", opts.kernel_options()),
         ),
     };
-    if matches!(kind, Kind::Block { .. }) {
-        if let Err(e) = &mounted {
+    let mounted = match (&kind, mounted) {
+        // Where the kernel refuses fuseblk (a user namespace's root, a
+        // FUSE without it), a plain mount, unless -o fuseblk asked for it.
+        (Kind::Block { .. }, Err(e)) if opts.fuseblk != Some(true) => {
+            log::warn!(
+                "a fuseblk mount was refused ({e}): mounting plain fuse, whose umount doesn't wait"
+            );
+            sys::fuse_mount(
+                fsname,
+                mountpoint,
+                "fuse.biofs",
+                opts.ms_flags(),
+                &opts.kernel_options(),
+            )
+        }
+        (Kind::Block { .. }, Err(e)) => {
             return Err(io::Error::new(
                 e.kind(),
                 format!("mounting fuseblk: {e} (-o nofuseblk mounts plain fuse)"),
-            ));
+            ))
         }
-    }
+        (_, m) => m,
+    };
     // The kernel's mount holds the loop device now.
     drop(kind);
     let session = match mounted {
@@ -452,8 +467,14 @@ mod tests {
         );
         let info = "41 22 7:3 / /mnt/b rw,noatime,nodiratime - fuseblk.biofs /dev/loop3 rw\n\
                     42 22 7:4 / /mnt/c rw,relatime - fuseblk.biofs /dev/loop4 rw\n";
-        assert_eq!(mountinfo_atime(info, "7:3"), Some((AtimeMode::NoAtime, true)));
-        assert_eq!(mountinfo_atime(info, "7:4"), Some((AtimeMode::Relatime, false)));
+        assert_eq!(
+            mountinfo_atime(info, "7:3"),
+            Some((AtimeMode::NoAtime, true))
+        );
+        assert_eq!(
+            mountinfo_atime(info, "7:4"),
+            Some((AtimeMode::Relatime, false))
+        );
         assert_eq!(mountinfo_atime(info, "7:5"), None);
     }
 }
