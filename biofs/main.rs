@@ -208,23 +208,18 @@ fn main() -> ExitCode {
     let default_log = "warn,fuser::session=error";
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     let argv: Vec<OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == "umount") {
-        return match argv.get(2) {
-            Some(a) if argv.len() == 3 && a != "-h" && a != "--help" => umount(Path::new(a)),
-            _ => {
-                eprintln!("usage: biofs umount MOUNTPOINT (see biofs --help)");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if argv.get(1).is_some_and(|a| a == "stats") {
-        return match argv.get(2) {
-            Some(a) if argv.len() == 3 && a != "-h" && a != "--help" => stats(Path::new(a)),
-            _ => {
-                eprintln!("usage: biofs stats MOUNTPOINT (see biofs --help)");
-                ExitCode::from(1)
-            }
-        };
+    // The subcommands that take one MOUNTPOINT.
+    let subcommands: [(&str, fn(&Path) -> ExitCode); 2] = [("umount", umount), ("stats", stats)];
+    for (name, run) in subcommands {
+        if argv.get(1).is_some_and(|a| a == name) {
+            return match argv.get(2) {
+                Some(a) if argv.len() == 3 && a != "-h" && a != "--help" => run(Path::new(a)),
+                _ => {
+                    eprintln!("usage: biofs {name} MOUNTPOINT (see biofs --help)");
+                    ExitCode::from(1)
+                }
+            };
+        }
     }
     let args: Args = match biofs::cli::parse_args("biofs", &argv) {
         Ok(a) => a,
