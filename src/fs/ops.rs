@@ -21,7 +21,7 @@ use super::meta::{touch, Meta};
 use super::namei::{attr_of, SYMLINK_MODE};
 use super::pagecache::PageCache;
 use super::types::*;
-use crate::block::{BioSet, IoPrio};
+use crate::block::{BioSet, IoPrio, PoolReservation};
 use crate::format::dev::{BioError, Dev, DevOptions};
 use crate::format::inode::{FileType, Timespec, S_IFDIR, S_IFMT, S_IFREG};
 use crate::format::superblock::Superblock;
@@ -44,6 +44,8 @@ struct Core {
     meta: Mutex<Meta>,
     barrier: RwLock<()>,
     cache: PageCache,
+    /// The page pool keeps the page cache's pages for reuse.
+    _pool: PoolReservation,
     /// One commit at a time.
     commit_lock: Mutex<()>,
     /// Ask for a commit soon (the running transaction is big).
@@ -126,8 +128,10 @@ impl Core {
                 if let Err(e) = self.data().writeback(ino, ioprio_of(pid)) {
                     log::warn!("writeback of inode {ino}: {e}");
                 }
-                self.cache.shrink();
             }
+            // The file being written is always busy: wait for it, so its
+            // pages written back can go.
+            self.cache.shrink_ino(ino);
         }
         if self.want_commit.load(Ordering::Relaxed) {
             if let Err(e) = self.sync(ioprio_of(pid)) {
@@ -219,6 +223,7 @@ impl Fs {
             meta: Mutex::new(meta),
             barrier: RwLock::new(()),
             cache: PageCache::new(opts.cache_bytes),
+            _pool: PoolReservation::new((opts.cache_bytes / BLOCK_SIZE_U64) as usize),
             commit_lock: Mutex::new(()),
             want_commit: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -285,9 +290,10 @@ impl Fs {
         let s = self.core.dev.queue().stats();
         let (cached, dirty, limit) = self.core.cache.stats();
         format!(
-            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n",
+            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n{}\n",
             (cached * 4096) >> 20,
-            (limit * 4096) >> 20
+            (limit * 4096) >> 20,
+            crate::block::pool_stats()
         )
     }
 
@@ -507,6 +513,19 @@ impl Fs {
     /// Up to `size` bytes from `off` (fewer at the end of the file).
     pub fn read(&self, ctx: &Ctx, ino: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
         self.core.data().read(ino, off, size, ctx.pid)
+    }
+
+    /// [`Fs::read`] into `out` (cleared first), so a caller can keep one
+    /// buffer for all its reads.
+    pub fn read_into(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        off: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> FsResult<()> {
+        self.core.data().read_into(ino, off, size, ctx.pid, out)
     }
 
     /// Write `data` at `off` (at the end of the file if `append`); returns

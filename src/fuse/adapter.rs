@@ -204,6 +204,27 @@ macro_rules! name_or_reply {
     };
 }
 
+/// Read reply buffers, kept for the next read (a fresh megabyte buffer
+/// per read is faulted in and zeroed by the kernel every time). Last in,
+/// first out, so the few reads in flight at once reuse the same few
+/// buffers, whatever the number of event-loop threads.
+static READ_BUFS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn take_read_buf() -> Vec<u8> {
+    READ_BUFS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default()
+}
+
+fn give_back_read_buf(buf: Vec<u8>) {
+    READ_BUFS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(buf);
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let want = FuseFs::wanted_capabilities(self.cfg);
@@ -428,10 +449,12 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         guarded("read", || {
-            match self.fs.read(&ctx(req), ino.0, offset, size) {
-                Ok(d) => reply.data(&d),
+            let mut buf = take_read_buf();
+            match self.fs.read_into(&ctx(req), ino.0, offset, size, &mut buf) {
+                Ok(()) => reply.data(&buf),
                 Err(e) => reply.error(to_fuse(e)),
             }
+            give_back_read_buf(buf);
         });
     }
 
