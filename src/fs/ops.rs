@@ -176,6 +176,7 @@ impl Fs {
                 read_only: opts.read_only,
                 verify: opts.verify_reads,
                 workers: opts.workers,
+                queue_depth: opts.queue_depth,
             },
         )
         .map_err(|e| MountError::Refused(format!("{}: can't open: {e}", path.display())))?;
