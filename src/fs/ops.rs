@@ -50,6 +50,9 @@ struct Core {
     commit_lock: Mutex<()>,
     /// Ask for a commit soon (the running transaction is big).
     want_commit: AtomicBool,
+    /// Wakes the flusher for background writeback (dirty data past
+    /// [`PageCache::over_background_limit`]); full means already asked.
+    kick: (Sender<()>, crossbeam_channel::Receiver<()>),
     stopped: AtomicBool,
 }
 
@@ -111,6 +114,26 @@ impl Core {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Background writeback (the flusher, woken by a writer past the
+    /// background threshold): write back dirty files until the cache is
+    /// under the threshold again, without committing.
+    /// Writers go on meanwhile; they block only at the throttling
+    /// threshold. Errors stay with the pages (still dirty), for fsync.
+    fn background_writeback(&self) {
+        for ino in self.cache.dirty_files() {
+            if !self.cache.over_background_limit() || self.stopped.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.data().writeback(ino, IoPrio::DEFAULT) {
+                // Blocks freed but not committed yet: the next commit
+                // (or fsync, which retries after it) writes these.
+                Ok(()) | Err(Errno::ENOSPC) => {}
+                Err(e) => log::warn!("background writeback of inode {ino}: {e}"),
+            }
+            self.cache.shrink_ino(ino);
+        }
+    }
+
     /// Commit the running transaction (no writeback may be in flight).
     fn commit_now(&self) -> FsResult<bool> {
         let _b = write_lock(&self.barrier);
@@ -124,6 +147,9 @@ impl Core {
             self.want_commit.store(true, Ordering::Relaxed);
         }
         if let Some(ino) = ino {
+            if self.cache.over_background_limit() {
+                let _ = self.kick.0.try_send(());
+            }
             if self.cache.over_dirty_limit() {
                 if let Err(e) = self.data().writeback(ino, ioprio_of(pid)) {
                     log::warn!("writeback of inode {ino}: {e}");
@@ -227,6 +253,7 @@ impl Fs {
             _pool: PoolReservation::new((opts.cache_bytes / BLOCK_SIZE_U64) as usize),
             commit_lock: Mutex::new(()),
             want_commit: AtomicBool::new(false),
+            kick: bounded(1),
             stopped: AtomicBool::new(false),
         });
         let flusher = if opts.read_only {
@@ -237,14 +264,20 @@ impl Fs {
             let every = Duration::from_secs(opts.commit_interval_secs.max(1));
             let h = std::thread::Builder::new()
                 .name("biofs-flush".into())
-                .spawn(move || loop {
-                    match rx.recv_timeout(every) {
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = c.sync(IoPrio::DEFAULT) {
-                                log::error!("periodic commit: {e}");
+                .spawn(move || {
+                    let kick = c.kick.1.clone();
+                    let mut due = std::time::Instant::now() + every;
+                    loop {
+                        crossbeam_channel::select! {
+                            recv(rx) -> _ => return,
+                            recv(kick) -> _ => c.background_writeback(),
+                            default(due.saturating_duration_since(std::time::Instant::now())) => {
+                                if let Err(e) = c.sync(IoPrio::DEFAULT) {
+                                    log::error!("periodic commit: {e}");
+                                }
+                                due = std::time::Instant::now() + every;
                             }
                         }
-                        _ => return,
                     }
                 })?;
             Some((tx, h))

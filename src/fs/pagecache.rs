@@ -160,6 +160,13 @@ impl PageCache {
         self.dirty.load(Ordering::Relaxed) > self.limit / 2
     }
 
+    /// More than a quarter of the cache is dirty: time for background
+    /// writeback (the kernel's `dirty_background_ratio`, half of the
+    /// throttling threshold).
+    pub fn over_background_limit(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed) > self.limit / 4
+    }
+
     /// Evict clean pages until the cache is under its limit (files busy
     /// right now are skipped).
     pub fn shrink(&self) {
