@@ -110,7 +110,11 @@ OPTIONS
             The page cache limit, in bytes with an optional K, M, G or T
             suffix (default 256M).
         workers=N
-            Block engine queue workers (default 0: the engine's choice).
+            Block engine queue workers (default 0: the engine's choice, 4).
+        queue_depth=N
+            Requests in flight at the device (default 32), shared by the
+            workers through io_uring where the device takes O_DIRECT; 0:
+            each worker does one blocking transfer at a time.
         verify=on|off
             Verify data reads against their integrity tuples (default on).
         threads=N

@@ -146,6 +146,7 @@ fn main() -> ExitCode {
             read_only: mode == Mode::No,
             verify: true,
             workers: 0,
+            queue_depth: 0,
         },
     ) {
         Ok(d) => d,

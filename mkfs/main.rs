@@ -355,6 +355,7 @@ fn run(a: &Args) -> Result<(), String> {
             read_only: false,
             verify: true,
             workers: 0,
+            queue_depth: 0,
         },
     )
     .map_err(|e| format!("{}: {e}", a.target.display()))?;

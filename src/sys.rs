@@ -747,6 +747,42 @@ pub fn getxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     }
 }
 
+/// A private anonymous mapping of `len` bytes (page-aligned, zero-filled,
+/// faulted in on first touch): the page pool's slabs. Never unmapped.
+pub fn map_anonymous(len: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a new private anonymous mapping at an address the kernel
+    // picks aliases no existing memory; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Give the memory behind `len` bytes at `ptr` back to the kernel,
+/// keeping the mapping (`madvise(MADV_DONTNEED)`: the bytes read as zeros
+/// afterwards, faulted in again on next touch). Best effort.
+///
+/// # Safety
+/// `ptr..ptr+len` must be page-aligned memory of a private anonymous
+/// mapping ([`map_anonymous`]) that nobody reads or writes meanwhile.
+pub unsafe fn discard_memory(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller owns the range, which lies in a private anonymous
+    // mapping; MADV_DONTNEED only drops its contents.
+    unsafe {
+        libc::madvise(ptr.cast(), len, libc::MADV_DONTNEED);
+    }
+}
+
 /// Keep large allocations (a FUSE read's or write's megabyte buffers) in
 /// the heap instead of a fresh `mmap` each time: every fresh mapping is
 /// faulted in and zeroed page by page, which cost a mount more CPU than

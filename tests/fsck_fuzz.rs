@@ -133,6 +133,7 @@ fn run_fsck(path: &Path, mode: Mode, what: &str) -> Result<FsckReport, FsckError
                     read_only: mode == Mode::No,
                     verify: true,
                     workers: 0,
+                    queue_depth: 0,
                 },
             )
             .unwrap();

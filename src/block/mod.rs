@@ -30,7 +30,7 @@ pub use builder::BioBuilder;
 pub use integrity::{Checksum, IntegrityProfile, IntegrityStore};
 pub use ioc::{IoContext, IoPrio, IoPrioClass};
 pub use limits::QueueLimits;
-pub use page::Page;
+pub use page::{pool_stats, Page, PoolReservation, PoolStats};
 pub use plug::Plug;
 pub use queue::{IntegrityMode, IoMode, Queue, QueueConfig};
 pub use stats::StatsSnapshot;

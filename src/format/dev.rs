@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::block::backend::{BlockBackend, DirectMode, FileBackend, FileOptions};
 use crate::block::integrity::layout;
 use crate::block::{
-    Bio, BioBuilder, BioSet, BlkStatus, IntegrityMode, IntegrityStore, IoPrio, Page, Queue,
+    Bio, BioBuilder, BioSet, BlkStatus, IntegrityMode, IntegrityStore, IoMode, IoPrio, Page, Queue,
     QueueConfig, ReqFlags, ReqOp, Sector, SECTOR_SHIFT,
 };
 
@@ -31,6 +31,11 @@ pub struct DevOptions {
     pub verify: bool,
     /// Queue workers (0: the engine's default).
     pub workers: usize,
+    /// Requests in flight at the device: above 0, the workers share them
+    /// through io_uring (`IoMode::Uring`) where the device offers an
+    /// `O_DIRECT` descriptor; 0: the engine's default (one blocking
+    /// transfer per worker).
+    pub queue_depth: usize,
 }
 
 /// A device opened through the engine.
@@ -191,6 +196,13 @@ impl Dev {
         };
         if opts.workers > 0 {
             config.nr_workers = opts.workers;
+        }
+        if opts.queue_depth > 0 {
+            let per_worker = opts.queue_depth.div_ceil(config.nr_workers.max(1));
+            config.io_mode = IoMode::Uring {
+                depth: u32::try_from(per_worker).unwrap_or(u32::MAX),
+            };
+            config.queue_depth = opts.queue_depth.max(config.nr_workers);
         }
         // The filesystem lives in the data area before the tuples, whether
         // or not this open uses them.

@@ -127,9 +127,11 @@ fn read_pages(
         };
         for (k, &b) in blocks.iter().enumerate() {
             let sector = Sector(b * BLOCK_SECTORS);
+            // The device fills each page whole: recycled pages need no zeroing.
             if let Some((_, bio)) = cur.as_mut() {
                 if bio.end_sector() == sector
-                    && bio.add_page(Page::new(), BLOCK_SIZE as u32, 0) == BLOCK_SIZE as u32
+                    && bio.add_page(Page::new_for_overwrite(), BLOCK_SIZE as u32, 0)
+                        == BLOCK_SIZE as u32
                 {
                     continue;
                 }
@@ -148,7 +150,7 @@ fn read_pages(
                         .unwrap_or_else(|| Bio::new(ReqOp::Read, sector, BIO_VECS))
                 }
             };
-            bio.add_page(Page::new(), BLOCK_SIZE as u32, 0);
+            bio.add_page(Page::new_for_overwrite(), BLOCK_SIZE as u32, 0);
             cur = Some((k, bio));
         }
         if let Some(done) = cur.take() {
@@ -221,7 +223,8 @@ impl DataCtx<'_> {
         if theirs.iter().all(|i| pm.pages.contains_key(i)) {
             return Ok(());
         }
-        // The other reader failed: try ourselves (and report the error).
+        // The other reader failed, or some of those pages are holes
+        // (never cached): try ourselves (and report the error).
         drop(pm);
         self.fill(fc, ino, first, last, last, ioprio)
     }
@@ -239,32 +242,28 @@ impl DataCtx<'_> {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut zero = Vec::new();
         let mut reads: Vec<u64> = Vec::new();
         let mut idx = Vec::new();
         {
             let mut m = lock(self.meta);
             let st = m.load(ino)?;
             for &i in missing {
-                match extmap::lookup(&st.map, i) {
-                    Mapping::Mapped {
-                        physical,
-                        unwritten: false,
-                        ..
-                    } => {
-                        reads.push(physical);
-                        idx.push(i);
-                    }
-                    _ => zero.push(i),
+                // Holes and unwritten extents read as zeros: no page, no
+                // I/O (the reader fills its reply with zeros).
+                if let Mapping::Mapped {
+                    physical,
+                    unwritten: false,
+                    ..
+                } = extmap::lookup(&st.map, i)
+                {
+                    reads.push(physical);
+                    idx.push(i);
                 }
             }
         }
         let (got, failed) = read_pages(self, ioprio, &reads);
         let mut result = Ok(());
-        let mut loaded: Vec<(u64, Page)> = zero.into_iter().map(|i| (i, Page::new())).collect();
-        for (k, page) in got {
-            loaded.push((idx[k], page));
-        }
+        let mut loaded: Vec<(u64, Page)> = got.into_iter().map(|(k, p)| (idx[k], p)).collect();
         // A failed bio fails all its pages: read each requested one again
         // on its own, so a bad block fails only the reads that need it
         // (as mpage falls back to block_read_full_page).
@@ -306,8 +305,43 @@ impl DataCtx<'_> {
 
     /// Read up to `size` bytes of `ino` at `off`.
     pub fn read(&self, ino: u64, off: u64, size: u32, pid: u32) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(ino, off, size, pid, &mut out)?;
+        Ok(out)
+    }
+
+    /// Read up to `size` bytes of `ino` at `off` into `out` (cleared
+    /// first; a caller that keeps `out` reuses its memory).
+    pub fn read_into(
+        &self,
+        ino: u64,
+        off: u64,
+        size: u32,
+        pid: u32,
+        out: &mut Vec<u8>,
+    ) -> FsResult<()> {
+        out.clear();
         let fc = self.cache.file(ino);
-        let _g = read_lock(&fc.rw);
+        {
+            let _g = read_lock(&fc.rw);
+            self.read_locked(&fc, ino, off, size, pid, out)?;
+        }
+        // Reads fill the cache too: keep it to its size (this file's
+        // pages behind its readers first).
+        self.cache.shrink_for(&fc);
+        Ok(())
+    }
+
+    /// [`DataCtx::read_into`] under the file's `rw` (shared).
+    fn read_locked(
+        &self,
+        fc: &FileCache,
+        ino: u64,
+        off: u64,
+        size: u32,
+        pid: u32,
+        out: &mut Vec<u8>,
+    ) -> FsResult<()> {
         let fsize = {
             let mut m = lock(self.meta);
             let i = m.get(ino)?;
@@ -318,7 +352,7 @@ impl DataCtx<'_> {
             }
         };
         if off >= fsize || size == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let end = (off + u64::from(size)).min(fsize);
         let first = off / BLOCK_SIZE_U64;
@@ -337,11 +371,10 @@ impl DataCtx<'_> {
             *ra = (last + 1, window);
             (last + window).min((fsize - 1) / BLOCK_SIZE_U64)
         };
-        self.fill(&fc, ino, first, last, ra_last, ioprio_of(pid))?;
+        self.fill(fc, ino, first, last, ra_last, ioprio_of(pid))?;
         let pages = lock(&fc.pages);
-        let mut out = Vec::with_capacity((end - off) as usize);
+        out.reserve((end - off) as usize);
         for i in first..=last {
-            let p = pages.get(&i).ok_or(Errno::EIO)?;
             let lo = if i == first {
                 (off % BLOCK_SIZE_U64) as usize
             } else {
@@ -352,9 +385,15 @@ impl DataCtx<'_> {
             } else {
                 BLOCK_SIZE
             };
-            out.extend_from_slice(&p.page.as_slice()[lo..hi]);
+            match pages.get(&i) {
+                Some(p) => out.extend_from_slice(&p.page.as_slice()[lo..hi]),
+                // Not cached after a fill that succeeded (pages leave the
+                // cache only under `rw` held exclusively): a hole or an
+                // unwritten extent.
+                None => out.resize(out.len() + (hi - lo), 0),
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Write `data` at `off` of `ino` into the cache (`append`: at the

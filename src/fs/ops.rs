@@ -22,7 +22,7 @@ use super::meta::{touch, Meta};
 use super::namei::{attr_of, SYMLINK_MODE};
 use super::pagecache::PageCache;
 use super::types::*;
-use crate::block::{BioSet, IoPrio};
+use crate::block::{BioSet, IoPrio, PoolReservation};
 use crate::format::dev::{BioError, Dev, DevOptions};
 use crate::format::inode::{FileType, Timespec, S_IFDIR, S_IFMT, S_IFREG};
 use crate::format::superblock::Superblock;
@@ -45,10 +45,15 @@ struct Core {
     meta: Mutex<Meta>,
     barrier: RwLock<()>,
     cache: PageCache,
+    /// The page pool keeps the page cache's pages for reuse.
+    _pool: PoolReservation,
     /// One commit at a time.
     commit_lock: Mutex<()>,
     /// Ask for a commit soon (the running transaction is big).
     want_commit: AtomicBool,
+    /// Wakes the flusher for background writeback (dirty data past
+    /// [`PageCache::over_background_limit`]); full means already asked.
+    kick: (Sender<()>, crossbeam_channel::Receiver<()>),
     stopped: AtomicBool,
     /// One remount at a time.
     remount_lock: Mutex<()>,
@@ -116,6 +121,26 @@ impl Core {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Background writeback (the flusher, woken by a writer past the
+    /// background threshold): write back dirty files until the cache is
+    /// under the threshold again, without committing.
+    /// Writers go on meanwhile; they block only at the throttling
+    /// threshold. Errors stay with the pages (still dirty), for fsync.
+    fn background_writeback(&self) {
+        for ino in self.cache.dirty_files() {
+            if !self.cache.over_background_limit() || self.stopped.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.data().writeback(ino, IoPrio::DEFAULT) {
+                // Blocks freed but not committed yet: the next commit
+                // (or fsync, which retries after it) writes these.
+                Ok(()) | Err(Errno::ENOSPC) => {}
+                Err(e) => log::warn!("background writeback of inode {ino}: {e}"),
+            }
+            self.cache.shrink_ino(ino);
+        }
+    }
+
     /// Commit the running transaction (no writeback may be in flight).
     fn commit_now(&self) -> FsResult<bool> {
         let _b = write_lock(&self.barrier);
@@ -129,12 +154,17 @@ impl Core {
             self.want_commit.store(true, Ordering::Relaxed);
         }
         if let Some(ino) = ino {
+            if self.cache.over_background_limit() {
+                let _ = self.kick.0.try_send(());
+            }
             if self.cache.over_dirty_limit() {
                 if let Err(e) = self.data().writeback(ino, ioprio_of(pid)) {
                     log::warn!("writeback of inode {ino}: {e}");
                 }
-                self.cache.shrink();
             }
+            // The file being written is always busy: wait for it, so its
+            // pages written back can go.
+            self.cache.shrink_ino(ino);
         }
         if self.want_commit.load(Ordering::Relaxed) {
             if let Err(e) = self.sync(ioprio_of(pid)) {
@@ -179,6 +209,7 @@ impl Fs {
                 read_only: opts.read_only,
                 verify: opts.verify_reads,
                 workers: opts.workers,
+                queue_depth: opts.queue_depth,
             },
             opts.lock,
         )
@@ -227,8 +258,10 @@ impl Fs {
             meta: Mutex::new(meta),
             barrier: RwLock::new(()),
             cache: PageCache::new(opts.cache_bytes),
+            _pool: PoolReservation::new((opts.cache_bytes / BLOCK_SIZE_U64) as usize),
             commit_lock: Mutex::new(()),
             want_commit: AtomicBool::new(false),
+            kick: bounded(1),
             stopped: AtomicBool::new(false),
             remount_lock: Mutex::new(()),
         });
@@ -240,14 +273,20 @@ impl Fs {
             let every = Duration::from_secs(opts.commit_interval_secs.max(1));
             let h = std::thread::Builder::new()
                 .name("biofs-flush".into())
-                .spawn(move || loop {
-                    match rx.recv_timeout(every) {
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = c.sync(IoPrio::DEFAULT) {
-                                log::error!("periodic commit: {e}");
+                .spawn(move || {
+                    let kick = c.kick.1.clone();
+                    let mut due = std::time::Instant::now() + every;
+                    loop {
+                        crossbeam_channel::select! {
+                            recv(rx) -> _ => return,
+                            recv(kick) -> _ => c.background_writeback(),
+                            default(due.saturating_duration_since(std::time::Instant::now())) => {
+                                if let Err(e) = c.sync(IoPrio::DEFAULT) {
+                                    log::error!("periodic commit: {e}");
+                                }
+                                due = std::time::Instant::now() + every;
                             }
                         }
-                        _ => return,
                     }
                 })?;
             Some((tx, h))
@@ -344,9 +383,10 @@ impl Fs {
         let s = self.core.dev.queue().stats();
         let (cached, dirty, limit) = self.core.cache.stats();
         format!(
-            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n",
+            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n{}\n",
             (cached * 4096) >> 20,
-            (limit * 4096) >> 20
+            (limit * 4096) >> 20,
+            crate::block::pool_stats()
         )
     }
 
@@ -612,6 +652,19 @@ impl Fs {
     /// Up to `size` bytes from `off` (fewer at the end of the file).
     pub fn read(&self, ctx: &Ctx, ino: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
         self.core.data().read(ino, off, size, ctx.pid)
+    }
+
+    /// [`Fs::read`] into `out` (cleared first), so a caller can keep one
+    /// buffer for all its reads.
+    pub fn read_into(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        off: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> FsResult<()> {
+        self.core.data().read_into(ino, off, size, ctx.pid, out)
     }
 
     /// Write `data` at `off` (at the end of the file if `append`); returns

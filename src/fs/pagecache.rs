@@ -160,30 +160,77 @@ impl PageCache {
         self.dirty.load(Ordering::Relaxed) > self.limit / 2
     }
 
+    /// More than a quarter of the cache is dirty: time for background
+    /// writeback (the kernel's `dirty_background_ratio`, half of the
+    /// throttling threshold).
+    pub fn over_background_limit(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed) > self.limit / 4
+    }
+
     /// Evict clean pages until the cache is under its limit (files busy
     /// right now are skipped).
     pub fn shrink(&self) {
+        self.shrink_inner(None);
+    }
+
+    /// After a read of `fc`: evict clean pages if the cache is over its
+    /// limit, waiting for `fc`'s other users if need be (a file being
+    /// streamed is always busy, and it is what fills the cache).
+    pub(super) fn shrink_for(&self, fc: &FileCache) {
+        self.shrink_inner(Some(fc));
+    }
+
+    /// [`PageCache::shrink_for`] file `ino` (the caller holds nothing).
+    pub fn shrink_ino(&self, ino: u64) {
+        if self.cached.load(Ordering::Relaxed) <= self.limit {
+            return;
+        }
+        if let Some(fc) = self.existing(ino) {
+            self.shrink_inner(Some(&fc));
+        }
+    }
+
+    /// Evict down to three quarters of the limit: first the clean pages
+    /// outside each file's readahead window (behind its reader, or never
+    /// read sequentially), then, if that is not enough, every clean page.
+    /// Counterpart of reclaim's inactive-list scan: pages a streaming
+    /// reader has passed go first, the window it is about to read last.
+    fn shrink_inner(&self, mine: Option<&FileCache>) {
         if self.cached.load(Ordering::Relaxed) <= self.limit {
             return;
         }
         let target = self.limit * 3 / 4;
-        let files: Vec<(u64, Arc<FileCache>)> = lock(&self.files)
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        for (_, fc) in files {
-            if self.cached.load(Ordering::Relaxed) <= target {
-                break;
+        let files: Vec<Arc<FileCache>> = lock(&self.files).values().cloned().collect();
+        for keep_window in [true, false] {
+            if let Some(fc) = mine.filter(|_| self.cached.load(Ordering::Relaxed) > target) {
+                let _g = write_lock(&fc.rw);
+                self.evict_clean(fc, keep_window);
             }
-            let Ok(_g) = fc.rw.try_write() else {
-                continue;
-            };
-            let mut pages = lock(&fc.pages);
-            let before = pages.len();
-            pages.retain(|_, p| p.dirty);
-            self.cached
-                .fetch_sub(before - pages.len(), Ordering::Relaxed);
+            for fc in &files {
+                if self.cached.load(Ordering::Relaxed) <= target {
+                    return;
+                }
+                let Ok(_g) = fc.rw.try_write() else {
+                    continue;
+                };
+                self.evict_clean(fc, keep_window);
+            }
+            if self.cached.load(Ordering::Relaxed) <= target {
+                return;
+            }
         }
+    }
+
+    /// Drop `fc`'s clean pages (but those in its readahead window if
+    /// `keep_window`). The caller holds `fc.rw` exclusively.
+    fn evict_clean(&self, fc: &FileCache, keep_window: bool) {
+        let (next, window) = *lock(&fc.ra);
+        let ahead = next..next.saturating_add(window.max(RA_MIN) * 2);
+        let mut pages = lock(&fc.pages);
+        let before = pages.len();
+        pages.retain(|i, p| p.dirty || (keep_window && ahead.contains(i)));
+        self.cached
+            .fetch_sub(before - pages.len(), Ordering::Relaxed);
     }
 
     /// Drop pages `[first, end)` (truncate and hole punching; the caller

@@ -280,6 +280,27 @@ macro_rules! name_or_reply {
     };
 }
 
+/// Read reply buffers, kept for the next read (a fresh megabyte buffer
+/// per read is faulted in and zeroed by the kernel every time). Last in,
+/// first out, so the few reads in flight at once reuse the same few
+/// buffers, whatever the number of event-loop threads.
+static READ_BUFS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn take_read_buf() -> Vec<u8> {
+    READ_BUFS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default()
+}
+
+fn give_back_read_buf(buf: Vec<u8>) {
+    READ_BUFS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(buf);
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let want = FuseFs::wanted_capabilities(self.cfg);
@@ -562,17 +583,19 @@ impl Filesystem for FuseFs {
             if !is_direct(flags.0) {
                 self.note_kernel_cached(ino.0);
             }
-            match self.fs.read(&ctx(req), ino.0, offset, size) {
-                Ok(d) => {
+            let mut buf = take_read_buf();
+            match self.fs.read_into(&ctx(req), ino.0, offset, size, &mut buf) {
+                Ok(()) => {
                     // Before the reply: the kernel then drops its cached
                     // atime (fuse_invalidate_atime), and stat asks again.
                     if flags.0 & libc::O_NOATIME == 0 {
                         self.fs.accessed(ino.0);
                     }
-                    reply.data(&d)
+                    reply.data(&buf)
                 }
                 Err(e) => reply.error(to_fuse(e)),
             }
+            give_back_read_buf(buf);
         });
     }
 

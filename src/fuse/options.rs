@@ -152,6 +152,7 @@ fn apply(o: &mut Options, item: &str) -> Result<(), String> {
             o.fs.cache_bytes = parse_size(v).map_err(|e| format!("-o cache_size: {e}"))?;
         }
         "workers" => o.fs.workers = number(key, need("a count")?, 0, 1024)?,
+        "queue_depth" => o.fs.queue_depth = number(key, need("a count")?, 0, 4096)?,
         "threads" => o.threads = number(key, need("a count")?, 1, MAX_THREADS)?,
         "commit" => {
             // 0 is the default, as ext4's commit=0.
@@ -294,7 +295,7 @@ mod tests {
     #[test]
     fn every_option_lands() -> Result<(), String> {
         let o = parse(&[
-            "ro,allow_other,acl,cache_size=64M,workers=3",
+            "ro,allow_other,acl,cache_size=64M,workers=3,queue_depth=12",
             "verify=off,threads=8,writecache,commit=30,fsname=data,log=/tmp/b.log",
         ])?;
         assert!(o.fs.read_only);
@@ -302,6 +303,7 @@ mod tests {
         assert!(o.fuse.posix_acl);
         assert_eq!(o.fs.cache_bytes, 64 << 20);
         assert_eq!(o.fs.workers, 3);
+        assert_eq!(o.fs.queue_depth, 12);
         assert!(!o.fs.verify_reads);
         assert_eq!(o.threads, 8);
         assert!(o.fuse.writeback_cache);

@@ -42,6 +42,7 @@ pub fn open_rw(img: &Path) -> Dev {
             read_only: false,
             verify: true,
             workers: 0,
+            queue_depth: 0,
         },
     )
     .expect("open image")
@@ -230,6 +231,7 @@ pub fn dev_on(b: std::sync::Arc<dyn biofs::block::backend::BlockBackend>) -> Dev
             read_only: false,
             verify: true,
             workers: 0,
+            queue_depth: 0,
         },
     )
     .expect("open the device")

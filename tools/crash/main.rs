@@ -376,6 +376,7 @@ fn dev_on(b: Arc<dyn BlockBackend>) -> Result<Dev, String> {
                 read_only: false,
                 verify: true,
                 workers: 0,
+                queue_depth: 0,
             },
         ),
         "open the device",

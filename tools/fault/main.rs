@@ -143,6 +143,7 @@ fn dev_on(b: Arc<dyn BlockBackend>) -> Result<Dev, String> {
             read_only: false,
             verify: true,
             workers: 0,
+            queue_depth: 0,
         },
     )
     .map_err(|e| format!("open the device: {e}"))
@@ -481,6 +482,7 @@ fn print_block(args: &[String]) -> Result<(), String> {
             read_only: true,
             verify: true,
             workers: 0,
+            queue_depth: 0,
         },
     )
     .map_err(|e| format!("{}: {e}", image.display()))?;
