@@ -274,10 +274,7 @@ fn watch_remounts(fs: Arc<Fs>, mountpoint: &Path) -> io::Result<()> {
 /// the per-mount options of its line in a mountinfo text: `noatime`,
 /// `relatime`, or neither (strictatime); and `nodiratime`.
 fn mountinfo_atime(info: &str, dev: &str) -> Option<(AtimeMode, bool)> {
-    let line = info
-        .lines()
-        .filter(|l| l.split(' ').nth(2) == Some(dev))
-        .next_back()?;
+    let line = info.lines().rfind(|l| l.split(' ').nth(2) == Some(dev))?;
     let opts: Vec<&str> = line.split(' ').nth(5)?.split(',').collect();
     let mode = if opts.contains(&"noatime") {
         AtimeMode::NoAtime
