@@ -205,6 +205,9 @@ struct Args {
     mountpoint: PathBuf,
 }
 
+/// A subcommand that takes one MOUNTPOINT.
+type Subcommand = fn(&Path) -> ExitCode;
+
 fn main() -> ExitCode {
     biofs::sys::keep_large_allocations_in_heap();
     // fuser warns that its own unmount failed after every umount (the
@@ -213,7 +216,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     let argv: Vec<OsString> = std::env::args_os().collect();
     // The subcommands that take one MOUNTPOINT.
-    let subcommands: [(&str, fn(&Path) -> ExitCode); 2] = [("umount", umount), ("stats", stats)];
+    let subcommands: [(&str, Subcommand); 2] = [("umount", umount), ("stats", stats)];
     for (name, run) in subcommands {
         if argv.get(1).is_some_and(|a| a == name) {
             return match argv.get(2) {
