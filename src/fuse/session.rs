@@ -76,14 +76,17 @@ pub fn mount(
     let ended = fuse.shutdown_result();
     let flusher = fuse.flusher_slot();
     let config = opts.fuser_config(fsname);
-    let mounted = match &kind {
-        Kind::Plain => sys::fuse_mount(
+    let plain = || {
+        sys::fuse_mount(
             fsname,
             mountpoint,
             "fuse.biofs",
             opts.ms_flags(),
             &opts.kernel_options(),
-        ),
+        )
+    };
+    let mounted = match &kind {
+        Kind::Plain => plain(),
         Kind::Block { device, .. } => sys::fuse_mount(
             &device.to_string_lossy(),
             mountpoint,
@@ -99,13 +102,7 @@ pub fn mount(
             log::warn!(
                 "a fuseblk mount was refused ({e}): mounting plain fuse, whose umount doesn't wait"
             );
-            sys::fuse_mount(
-                fsname,
-                mountpoint,
-                "fuse.biofs",
-                opts.ms_flags(),
-                &opts.kernel_options(),
-            )
+            plain()
         }
         (Kind::Block { .. }, Err(e)) => {
             return Err(io::Error::new(
