@@ -114,7 +114,7 @@ impl Allocator {
 
     /// A run of up to `want` free blocks, as close after `goal` as the
     /// groups allow: `(first block, length)`, length at least 1. Fails with
-    /// ENOSPC-like `Invalid("no space")` when no block is free.
+    /// [`FormatError::NoSpace`] when no block is free.
     pub fn alloc_blocks(
         &mut self,
         io: &mut dyn MetaIo,
@@ -170,7 +170,7 @@ impl Allocator {
             }
         }
         let Some((g, s, len)) = best else {
-            return Err(FormatError::invalid("allocation", "no space"));
+            return Err(FormatError::NoSpace { what: "a block" });
         };
         let len = len.min(want as usize);
         let mut d = self.desc(io, g)?;
@@ -292,7 +292,7 @@ impl Allocator {
             self.put_desc(io, g, &d)?;
             return Ok(self.geo.ino_of(g, idx));
         }
-        Err(FormatError::invalid("allocation", "no free inode"))
+        Err(FormatError::NoSpace { what: "an inode" })
     }
 
     /// Free inode `ino` in `txn` (its bytes are the caller's to zero).

@@ -89,22 +89,27 @@ pub struct Meta {
     /// errors=remount-ro).
     pub failed: bool,
     pub read_only: bool,
+    /// Unit tests: fail the directory change after this many more (EIO).
+    #[cfg(test)]
+    pub fail_dir_ops_after: Option<u32>,
 }
 
-/// The errno for a format-level error: corruption is EUCLEAN (the
-/// kernel's EFSCORRUPTED), an I/O error keeps its errno.
+/// The errno for a format-level error: the one mapping from
+/// [`FormatError`] to the core's [`Errno`] (the adapter's
+/// `fuse::errno::to_fuse` takes it from there). Exhaustive, so a new
+/// variant must be classified here: damage is EUCLEAN (the kernel's
+/// EFSCORRUPTED), a full filesystem ENOSPC, an I/O error keeps its errno.
 pub fn errno(e: &FormatError) -> Errno {
     match e {
+        FormatError::NoSpace { .. } => Errno::ENOSPC,
         FormatError::Io { source, .. } => {
             Errno::from_raw(BioError::errno_of(source).unwrap_or(libc::EIO))
         }
-        FormatError::Invalid { detail, .. }
-            if detail.starts_with("no space") || detail.starts_with("no free inode") =>
-        {
-            Errno::ENOSPC
-        }
-        _ if e.is_corruption() => Errno::EUCLEAN,
-        _ => Errno::EIO,
+        FormatError::Unsupported { .. } => Errno::EIO,
+        FormatError::BadMagic { .. }
+        | FormatError::BadChecksum { .. }
+        | FormatError::Invalid { .. }
+        | FormatError::Corrupt { .. } => Errno::EUCLEAN,
     }
 }
 
@@ -185,6 +190,8 @@ impl Meta {
             failed: false,
             read_only,
             bufs,
+            #[cfg(test)]
+            fail_dir_ops_after: None,
         })
     }
 
@@ -218,18 +225,17 @@ impl Meta {
             .ok_or(Errno::ENOENT)?;
         let (map, tree) = match inode.extent_root() {
             Some(root) => {
-                let seed = self.seed;
-                read_tree(seed, ino, root, &mut |b| self.bufs.read_meta(b))
+                let (seed, geo) = (self.seed, self.geo);
+                read_tree(seed, ino, root, &geo, &mut |b| self.bufs.read_meta(b))
                     .map_err(|e| fail(&format!("extent tree of inode {ino}"), e))?
             }
             None => (Vec::new(), Vec::new()),
         };
-        if map.iter().any(|e| {
-            !self.geo.is_data_block(e.physical)
-                || !self.geo.is_data_block(e.physical_end().saturating_sub(1))
-        }) {
-            log::error!("inode {ino}: an extent points outside the data area");
-            return Err(Errno::EUCLEAN);
+        if let Err(what) = inode.check_fields(&map) {
+            return Err(fail(
+                &format!("inode {ino}"),
+                FormatError::corrupt(ino, 0, what),
+            ));
         }
         Ok(InodeState {
             inode,
@@ -514,7 +520,9 @@ impl Meta {
             Ok((b, _)) => Ok(b),
             Err(e) => {
                 err = Some(e);
-                Err(FormatError::invalid("extent tree", "no space"))
+                Err(FormatError::NoSpace {
+                    what: "an extent tree block",
+                })
             }
         });
         let (root, nodes) = match built {
@@ -544,6 +552,11 @@ impl Meta {
     /// Commit the running transaction; false if there was nothing to
     /// commit. The caller has written back the data the maps point to. On
     /// failure the filesystem refuses further changes.
+    ///
+    /// A panic inside (a bug, or a damaged structure an assertion met) is
+    /// caught here: the dirty inodes may be half encoded, so the
+    /// filesystem is marked failed exactly as for an error, instead of
+    /// running on with those updates silently dropped.
     pub fn commit(&mut self) -> FsResult<bool> {
         if self.read_only {
             return Ok(false);
@@ -551,6 +564,25 @@ impl Meta {
         if self.failed {
             return Err(Errno::EIO);
         }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_inner()));
+        match r {
+            Ok(r) => r,
+            Err(p) => {
+                self.failed = true;
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                log::error!(
+                    "commit panicked ({why}); no more changes will be accepted, reads go on"
+                );
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    fn commit_inner(&mut self) -> FsResult<bool> {
         if let Err(e) = self.flush_inodes() {
             // Some inodes may be encoded and others not: nothing of this
             // transaction may reach the disk.

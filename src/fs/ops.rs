@@ -234,8 +234,16 @@ impl Fs {
                 .spawn(move || loop {
                     match rx.recv_timeout(every) {
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = c.sync(IoPrio::DEFAULT) {
-                                log::error!("periodic commit: {e}");
+                            // A panic must not end periodic commits silently
+                            // (one inside the commit itself already marked
+                            // the filesystem failed: `Meta::commit`).
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                c.sync(IoPrio::DEFAULT)
+                            }));
+                            match r {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => log::error!("periodic commit: {e}"),
+                                Err(_) => log::error!("periodic commit panicked; retrying later"),
                             }
                         }
                         _ => return,

@@ -1,0 +1,128 @@
+//! Hostile images built by construction: the structured damage of issue 13
+//! (an extent tree whose index entries all share one child, directory leaf
+//! chains that loop or end early, a zeroed inode slot, sizes past the
+//! format's limits), every checksum valid, so the parsers see the bytes.
+//! Shared by `tests/hostile_images.rs` (the named regression tests) and the
+//! fuzzer (`tools/fuzz/main.rs`), which applies them at random.
+
+use biofs::format::dir::DirNode;
+use biofs::format::error::{FormatError, Result};
+use biofs::format::extent::{ExtentNode, IndexEntry};
+use biofs::format::image::Image;
+use biofs::format::inode::InodeData;
+
+/// `n` free data blocks from the end of the filesystem (never handed out
+/// on the small, mostly empty images the tests and the fuzzer use).
+pub fn spare_blocks(img: &Image<'_>, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut b = img.geo.blocks_count;
+    while out.len() < n && b > 1 {
+        b -= 1;
+        if img.geo.is_data_block(b) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Replace inode `ino`'s extent tree by a "tree bomb" of `depth` levels
+/// (1..=5): the root's 7 entries all point at one node, whose 254 entries
+/// all point at one node, and so on down to one empty leaf: 7 x 254^(depth-1)
+/// paths over `depth` blocks. A walker without a visited set reads them all.
+pub fn extent_bomb(img: &Image<'_>, ino: u64, depth: u16) -> Result<()> {
+    let mut inode = img
+        .inode(ino)?
+        .ok_or_else(|| FormatError::invalid("extent bomb", "inode is free"))?;
+    let blocks = spare_blocks(img, usize::from(depth));
+    // blocks[k] holds the node of depth k (0: the leaf).
+    let leaf = ExtentNode::Leaf(Vec::new());
+    let b0 = *blocks
+        .first()
+        .ok_or_else(|| FormatError::invalid("bomb", "no block"))?;
+    img.write("extent block", b0, &leaf.encode_block(img.seed, b0, ino))?;
+    // Logical spans: a node of depth k covers 254^k blocks, entries 254^(k-1) apart.
+    let span = |k: u32| 254u64.saturating_pow(k);
+    for k in 1..depth {
+        let b = blocks[usize::from(k)];
+        let child = blocks[usize::from(k) - 1];
+        let entries = (0..254u64)
+            .map(|i| IndexEntry {
+                logical: i * span(u32::from(k) - 1),
+                child,
+            })
+            .collect();
+        let node = ExtentNode::Index { depth: k, entries };
+        img.write("extent block", b, &node.encode_block(img.seed, b, ino))?;
+    }
+    let top = blocks[usize::from(depth) - 1];
+    let step = span(u32::from(depth) - 1).min(biofs::format::MAX_FILE_BLOCKS / 8);
+    let root = ExtentNode::Index {
+        depth,
+        entries: (0..7u64)
+            .map(|i| IndexEntry {
+                logical: i * step,
+                child: top,
+            })
+            .collect(),
+    };
+    inode.data = InodeData::Extents(root);
+    img.write_inode(ino, Some(&inode))
+}
+
+/// The leaves of directory `dir` in index order: (logical, physical).
+pub fn dir_leaves(img: &Image<'_>, dir: u64) -> Result<Vec<(u64, u64)>> {
+    let inode = img
+        .inode(dir)?
+        .ok_or_else(|| FormatError::invalid("dir", "inode is free"))?;
+    let ext = img.extents(dir, &inode).extents;
+    let scan = img.dir_entries(dir, &inode, &ext);
+    Ok(scan
+        .leaves
+        .iter()
+        .filter_map(|&(l, _)| Image::map(&ext, l).map(|p| (l, p)))
+        .collect())
+}
+
+/// Set the `next` link of the leaf at physical block `phys` of `dir`.
+pub fn set_leaf_next(img: &Image<'_>, dir: u64, phys: u64, to: u64) -> Result<()> {
+    let raw = img.read("directory block", phys)?;
+    let node = DirNode::decode(img.seed, img.sb.hash_seed, phys, dir, &raw)?;
+    let DirNode::Leaf { entries, .. } = node else {
+        return Err(FormatError::invalid("dir", "not a leaf"));
+    };
+    let leaf = DirNode::Leaf { next: to, entries };
+    img.write("directory block", phys, &leaf.encode(img.seed, phys, dir))
+}
+
+/// Make leaf number `k` (in index order) of `dir` link back to leaf
+/// `back_to` (itself when equal): the chain loops.
+pub fn dir_leaf_loop(img: &Image<'_>, dir: u64, k: usize, back_to: usize) -> Result<()> {
+    let leaves = dir_leaves(img, dir)?;
+    let (Some(&(_, phys)), Some(&(target, _))) = (leaves.get(k), leaves.get(back_to)) else {
+        return Err(FormatError::invalid("dir", "not that many leaves"));
+    };
+    set_leaf_next(img, dir, phys, target)
+}
+
+/// End `dir`'s leaf chain at leaf number `k`: its `next` becomes 0.
+pub fn dir_leaf_cut(img: &Image<'_>, dir: u64, k: usize) -> Result<()> {
+    let leaves = dir_leaves(img, dir)?;
+    let &(_, phys) = leaves
+        .get(k)
+        .ok_or_else(|| FormatError::invalid("dir", "not that many leaves"))?;
+    set_leaf_next(img, dir, phys, 0)
+}
+
+/// Zero inode `ino`'s slot (a free inode: zero has no checksum).
+pub fn zero_inode(img: &Image<'_>, ino: u64) -> Result<()> {
+    img.write_inode(ino, None)
+}
+
+/// Set inode `ino`'s size, with a valid checksum.
+pub fn set_size(img: &Image<'_>, ino: u64, size: u64) -> Result<()> {
+    let mut inode = img
+        .inode(ino)?
+        .ok_or_else(|| FormatError::invalid("set size", "inode is free"))?;
+    inode.size = size;
+    img.write_inode(ino, Some(&inode))
+}
