@@ -361,3 +361,24 @@ fn symlink_longer_than_a_block() {
     assert_eq!(fs.lookup(ROOT, b"link").err(), Some(Errno::ENOENT));
     fs.shutdown().unwrap();
 }
+
+/// An orphan list that loops (A -> B -> A, A unlinked): the mount freed A,
+/// came back to it, found it free and refused to mount. Now the walk keeps
+/// a visited set: the loop is logged and cut, the mount goes on, and fsck
+/// drops the name of the freed inode.
+#[test]
+fn orphan_list_that_loops() {
+    let b = base();
+    damage(&b.mem, |img| {
+        cases::orphan_loop(img, b.file, b.other).unwrap()
+    });
+    let mem = b.mem.clone();
+    let other = b.other;
+    within("orphan loop", move || {
+        let fs = mount(&mem);
+        assert_eq!(fs.read(&Ctx::root(), other, 0, 100).unwrap(), b"untouched");
+        assert_eq!(fs.lookup(ROOT, b"file").err(), Some(Errno::EUCLEAN));
+        fs.shutdown().unwrap();
+    });
+    repair_and_check(&b.mem);
+}

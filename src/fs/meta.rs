@@ -231,6 +231,13 @@ impl Meta {
             }
             None => (Vec::new(), Vec::new()),
         };
+        if inode.xattr_block != 0 && !self.geo.is_data_block(inode.xattr_block) {
+            let what = format!("xattr block {} is outside the data area", inode.xattr_block);
+            return Err(fail(
+                &format!("inode {ino}"),
+                FormatError::corrupt(ino, inode.xattr_block, what),
+            ));
+        }
         if let Err(what) = inode.check_fields(&map) {
             return Err(fail(
                 &format!("inode {ino}"),
@@ -449,11 +456,35 @@ impl Meta {
     }
 
     /// Free the orphans a crash left (at mount, before anything else).
+    ///
+    /// Guarded as every walker of on-disk structures: each inode at most
+    /// once (a visited set: a loop ends the walk), at most the inode count
+    /// of hops, and each inode valid and in use. A list that breaks these is
+    /// logged, naming the inode, and cut there: the inodes after it stay
+    /// allocated for fsck.biofs to reclaim, and the mount goes on.
     pub fn free_orphans(&mut self) -> FsResult<u64> {
         let mut n = 0;
-        let mut hops = 0u64;
-        while self.sb.orphan_head != 0 && hops <= self.geo.inodes_count() {
+        let mut seen = std::collections::HashSet::new();
+        while self.sb.orphan_head != 0 {
             let ino = self.sb.orphan_head;
+            let bad = if !seen.insert(ino) {
+                Some("comes twice (the list loops)".to_string())
+            } else if seen.len() as u64 > self.geo.inodes_count() {
+                Some("is past the inode count".to_string())
+            } else {
+                self.get_mut(ino)
+                    .err()
+                    .map(|e| format!("can't be used ({e})"))
+            };
+            if let Some(why) = bad {
+                log::error!(
+                    "orphan list: inode {ino} {why}; the rest of the list is left \
+                     for fsck.biofs"
+                );
+                self.sb.orphan_head = 0;
+                self.sb_dirty = true;
+                break;
+            }
             let st = self.get_mut(ino)?;
             let next = std::mem::take(&mut st.inode.orphan_next);
             let unlinked = st.inode.nlink == 0;
@@ -465,7 +496,6 @@ impl Meta {
                 self.evict(ino)?;
                 n += 1;
             }
-            hops += 1;
         }
         Ok(n)
     }

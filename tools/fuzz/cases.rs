@@ -126,3 +126,22 @@ pub fn set_size(img: &Image<'_>, ino: u64, size: u64) -> Result<()> {
     inode.size = size;
     img.write_inode(ino, Some(&inode))
 }
+
+/// An orphan list that loops: the superblock names `a`, `a` names `b`,
+/// `b` names `a`. `a` gets link count 0 (the mount frees it), `b` keeps its
+/// links.
+pub fn orphan_loop(img: &Image<'_>, a: u64, b: u64) -> Result<()> {
+    for (ino, next, nlink0) in [(a, b, true), (b, a, false)] {
+        let mut inode = img
+            .inode(ino)?
+            .ok_or_else(|| FormatError::invalid("orphan loop", "inode is free"))?;
+        inode.orphan_next = next;
+        if nlink0 {
+            inode.nlink = 0;
+        }
+        img.write_inode(ino, Some(&inode))?;
+    }
+    let mut sb = img.sb.clone();
+    sb.orphan_head = a;
+    img.write("superblock", 0, &sb.encode(0))
+}
