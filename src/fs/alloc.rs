@@ -219,7 +219,7 @@ impl Allocator {
             bitmap::clear(&mut map, i as usize + k);
             self.pending_free.insert(start + k as u64);
         }
-        d.free_blocks += len;
+        d.free_blocks = d.free_blocks.saturating_add(len);
         d.flags &= !crate::format::group::BLOCK_UNINIT;
         let bb = self.geo.block_bitmap(g);
         d.block_bitmap_csum = bitmap_csum(self.seed, bb, &map);

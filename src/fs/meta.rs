@@ -231,6 +231,16 @@ impl Meta {
             }
             None => (Vec::new(), Vec::new()),
         };
+        if inode.blocks > self.geo.blocks_count {
+            let what = format!(
+                "block count {} is more than the filesystem has",
+                inode.blocks
+            );
+            return Err(fail(
+                &format!("inode {ino}"),
+                FormatError::corrupt(ino, 0, what),
+            ));
+        }
         if inode.xattr_block != 0 && !self.geo.is_data_block(inode.xattr_block) {
             let what = format!("xattr block {} is outside the data area", inode.xattr_block);
             return Err(fail(
@@ -564,7 +574,7 @@ impl Meta {
             self.bufs.write_meta(b, raw);
         }
         if let Some(st) = self.inodes.get_mut(&ino) {
-            st.inode.blocks = st.inode.blocks + new.len() as u64 - old.len() as u64;
+            st.inode.blocks = (st.inode.blocks + new.len() as u64).saturating_sub(old.len() as u64);
             st.inode.data = InodeData::Extents(root);
             st.tree = new;
             st.tree_dirty = false;

@@ -122,7 +122,7 @@ pub fn attr_of(ino: u64, i: &Inode) -> Attr {
     Attr {
         ino,
         size: i.size,
-        blocks: i.blocks * (BLOCK_SIZE_U64 / 512),
+        blocks: i.blocks.saturating_mul(BLOCK_SIZE_U64 / 512),
         atime: i.atime,
         mtime: i.mtime,
         ctime: i.ctime,

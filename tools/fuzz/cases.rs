@@ -145,3 +145,12 @@ pub fn orphan_loop(img: &Image<'_>, a: u64, b: u64) -> Result<()> {
     sb.orphan_head = a;
     img.write("superblock", 0, &sb.encode(0))
 }
+
+/// Set inode `ino`'s block count, with a valid checksum.
+pub fn set_blocks(img: &Image<'_>, ino: u64, blocks: u64) -> Result<()> {
+    let mut inode = img
+        .inode(ino)?
+        .ok_or_else(|| FormatError::invalid("set blocks", "inode is free"))?;
+    inode.blocks = blocks;
+    img.write_inode(ino, Some(&inode))
+}
