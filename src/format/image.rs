@@ -390,6 +390,14 @@ impl<'d> Image<'d> {
                     scan.problems
                         .push(format!("directory leaf {logical} at the wrong depth"));
                 }
+                // Lookups descend by hash and readdir checks it: an entry
+                // outside its leaf's range is found by neither.
+                if let Some(e) = entries.iter().find(|e| e.hash < lo || e.hash >= hi) {
+                    scan.problems.push(format!(
+                        "directory leaf {logical}: entry hash {:#x} outside the leaf's range",
+                        e.hash
+                    ));
+                }
                 scan.entries.extend(entries);
             }
             Ok(DirNode::Node { depth, entries }) => {

@@ -154,3 +154,36 @@ pub fn set_blocks(img: &Image<'_>, ino: u64, blocks: u64) -> Result<()> {
     inode.blocks = blocks;
     img.write_inode(ino, Some(&inode))
 }
+
+/// Move the first entry of leaf 1 (in index order) of `dir` into leaf 0:
+/// every block valid on its own, but the entry lies outside the hash
+/// range the index gives its leaf, where lookups never look.
+pub fn dir_entry_out_of_range(img: &Image<'_>, dir: u64) -> Result<()> {
+    let leaves = dir_leaves(img, dir)?;
+    let (Some(&(_, p0)), Some(&(_, p1))) = (leaves.first(), leaves.get(1)) else {
+        return Err(FormatError::invalid("dir", "fewer than two leaves"));
+    };
+    let read = |p: u64| -> Result<(u64, Vec<biofs::format::dir::DirEntry>)> {
+        let raw = img.read("directory block", p)?;
+        match DirNode::decode(img.seed, img.sb.hash_seed, p, dir, &raw)? {
+            DirNode::Leaf { next, entries } => Ok((next, entries)),
+            DirNode::Node { .. } => Err(FormatError::invalid("dir", "not a leaf")),
+        }
+    };
+    let (n0, mut e0) = read(p0)?;
+    let (n1, mut e1) = read(p1)?;
+    if e1.is_empty() {
+        return Err(FormatError::invalid("dir", "leaf 1 is empty"));
+    }
+    e0.push(e1.remove(0));
+    let l0 = DirNode::Leaf {
+        next: n0,
+        entries: e0,
+    };
+    let l1 = DirNode::Leaf {
+        next: n1,
+        entries: e1,
+    };
+    img.write("directory block", p0, &l0.encode(img.seed, p0, dir))?;
+    img.write("directory block", p1, &l1.encode(img.seed, p1, dir))
+}
