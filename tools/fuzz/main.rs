@@ -81,6 +81,8 @@ struct Tally {
     hangs: u64,
     other: u64,
     failures: Vec<String>,
+    /// Why mounts were refused (digits masked), and how often.
+    refusals: std::collections::BTreeMap<String, u64>,
 }
 
 /// Exit codes of a child.
@@ -160,6 +162,9 @@ fn run(args: &Args) -> Result<bool, String> {
         }
     }
     println!("{}", summary(&tally, start.elapsed()));
+    for (why, n) in &tally.refusals {
+        println!("mount refused {n} times: {why}");
+    }
     for f in &tally.failures {
         println!("FAILED {f}");
     }
@@ -277,7 +282,19 @@ fn one_case(
             ));
         }
         Some((Some(CHILD_OK), _)) => tally.passed += 1,
-        Some((Some(CHILD_REFUSED), _)) => tally.mount_refused += 1,
+        Some((Some(CHILD_REFUSED), _)) => {
+            tally.mount_refused += 1;
+            let why = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("mount refused: "))
+                .unwrap_or("?");
+            let key: String = why
+                .chars()
+                .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                .take(90)
+                .collect();
+            *tally.refusals.entry(key).or_default() += 1;
+        }
         Some((Some(CHILD_FSCK_GAVE_UP), _)) => tally.fsck_gave_up += 1,
         Some((Some(CHILD_VIOLATION), _)) => {
             tally.violations += 1;
