@@ -426,3 +426,44 @@ fn directory_entry_outside_its_leaf_range() {
     let n = repair_and_check(&b.mem);
     assert!(n >= DIR_ENTRIES, "only {n} files after repair");
 }
+
+/// A directory found damaged while mounted refuses changes (EUCLEAN) until
+/// fsck repairs it, so nothing is acknowledged on a structure the mount
+/// can't trust; other directories take changes as before.
+#[test]
+fn a_directory_found_damaged_refuses_changes() {
+    let b = base();
+    damage(&b.mem, |img| cases::dir_leaf_cut(img, b.dir, 3).unwrap());
+    let fs = mount(&b.mem);
+    let c = Ctx::root();
+    // Before its damage is seen, a change may go in.
+    let mut cookie = 0;
+    loop {
+        match fs.readdir(b.dir, cookie, 128) {
+            Ok(batch) if batch.is_empty() => panic!("the damage went unseen"),
+            Ok(batch) => cookie = batch.last().map_or(0, |e| e.cookie),
+            Err(e) => {
+                assert_eq!(e, Errno::EUCLEAN);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        fs.create(&c, b.dir, b"new", 0o644).err(),
+        Some(Errno::EUCLEAN)
+    );
+    assert_eq!(fs.unlink(b.dir, &name(5)).err(), Some(Errno::EUCLEAN));
+    assert_eq!(
+        fs.rename(b.dir, &name(6), ROOT, b"moved", Default::default())
+            .err(),
+        Some(Errno::EUCLEAN)
+    );
+    // Lookups and reads go on; other directories change as before.
+    let a = fs.lookup(b.dir, &name(6)).unwrap();
+    fs.forget(a.ino, 1);
+    fs.create(&c, ROOT, b"elsewhere", 0o644).unwrap();
+    fs.syncfs().unwrap();
+    fs.shutdown().unwrap();
+    let n = repair_and_check(&b.mem);
+    assert!(n > DIR_ENTRIES, "only {n} files after repair");
+}

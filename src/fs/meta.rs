@@ -89,6 +89,10 @@ pub struct Meta {
     /// errors=remount-ro).
     pub failed: bool,
     pub read_only: bool,
+    /// Inodes found damaged while mounted (a directory whose walk failed):
+    /// they refuse changes with EUCLEAN until fsck has repaired them, so
+    /// no change is acknowledged on a structure the mount can't trust.
+    pub damaged: std::collections::HashSet<u64>,
     /// Unit tests: fail the directory change after this many more (EIO).
     #[cfg(test)]
     pub fail_dir_ops_after: Option<u32>,
@@ -189,6 +193,7 @@ impl Meta {
             dirty: BTreeSet::new(),
             failed: false,
             read_only,
+            damaged: std::collections::HashSet::new(),
             bufs,
             #[cfg(test)]
             fail_dir_ops_after: None,
@@ -272,6 +277,9 @@ impl Meta {
     /// Inode `ino` for changing; it is written at the next commit.
     pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut InodeState> {
         self.check_writable()?;
+        if self.damaged.contains(&ino) {
+            return Err(Errno::EUCLEAN);
+        }
         self.dirty.insert(ino);
         self.load(ino)
     }

@@ -154,7 +154,20 @@ impl Meta {
     pub fn dir_lookup(&mut self, dir: u64, name: &[u8]) -> FsResult<Option<DirEntry>> {
         let hash = name_hash(self.hash_seed, name);
         let mut io = self.dir_io(dir)?;
-        dirops::lookup(&mut io, hash, name).map_err(|e| fail(&format!("directory {dir}"), e))
+        let r = dirops::lookup(&mut io, hash, name);
+        r.map_err(|e| self.dir_damaged(dir, e))
+    }
+
+    /// Log a failed walk of directory `dir`; if it found damage, the
+    /// directory refuses changes from now on (EUCLEAN).
+    fn dir_damaged(&mut self, dir: u64, e: FormatError) -> Errno {
+        let n = fail(&format!("directory {dir}"), e);
+        if n == Errno::EUCLEAN && self.damaged.insert(dir) {
+            log::error!(
+                "directory {dir} is damaged: it refuses changes until fsck.biofs repairs it"
+            );
+        }
+        n
     }
 
     /// Unit tests: the injected failure of a directory change, when due.
@@ -175,6 +188,9 @@ impl Meta {
 
     fn dir_add(&mut self, dir: u64, name: &[u8], ino: u64, ftype: FileType) -> FsResult<()> {
         self.check_writable()?;
+        if self.damaged.contains(&dir) {
+            return Err(Errno::EUCLEAN);
+        }
         #[cfg(test)]
         self.injected_fault()?;
         let entry = DirEntry::new(self.hash_seed, name, ino, ftype);
@@ -185,25 +201,32 @@ impl Meta {
             Ok(()) => Ok(()),
             Err(DirError::Exists) => Err(Errno::EEXIST),
             Err(DirError::HashBucketFull) => Err(Errno::ENOSPC),
-            Err(DirError::Format(e)) => Err(err.unwrap_or_else(|| fail("directory insert", e))),
+            Err(DirError::Format(e)) => Err(match err {
+                Some(e) => e,
+                None => self.dir_damaged(dir, e),
+            }),
         }
     }
 
     fn dir_remove(&mut self, dir: u64, name: &[u8]) -> FsResult<DirEntry> {
         self.check_writable()?;
+        if self.damaged.contains(&dir) {
+            return Err(Errno::EUCLEAN);
+        }
         #[cfg(test)]
         self.injected_fault()?;
         let hash = name_hash(self.hash_seed, name);
         let mut io = self.dir_io(dir)?;
         dirops::remove(&mut io, hash, name)
-            .map_err(|e| fail(&format!("directory {dir}"), e))?
+            .map_err(|e| self.dir_damaged(dir, e))?
             .ok_or(Errno::ENOENT)
     }
 
     /// Up to `max` entries of `dir` with a hash above `cookie`.
     pub fn dir_list(&mut self, dir: u64, cookie: u64, max: usize) -> FsResult<Vec<DirEntry>> {
         let mut io = self.dir_io(dir)?;
-        dirops::readdir(&mut io, cookie, max).map_err(|e| fail(&format!("directory {dir}"), e))
+        let r = dirops::readdir(&mut io, cookie, max);
+        r.map_err(|e| self.dir_damaged(dir, e))
     }
 
     fn dir_is_empty(&mut self, dir: u64) -> FsResult<bool> {
