@@ -106,7 +106,7 @@ impl<'d> Builder<'d> {
                 return Ok(b);
             }
         }
-        Err(FormatError::invalid("builder", "no space left"))
+        Err(FormatError::NoSpace { what: "a block" })
     }
 
     fn alloc_inode(&mut self) -> Result<u64> {
@@ -115,7 +115,7 @@ impl<'d> Builder<'d> {
             .inspect(|&i| {
                 self.used_inodes.insert(i);
             })
-            .ok_or_else(|| FormatError::invalid("builder", "no free inode"))
+            .ok_or(FormatError::NoSpace { what: "an inode" })
     }
 
     fn add_entry(&mut self, dir: u64, name: &str, ino: u64, ftype: FileType) -> Result<()> {

@@ -23,6 +23,14 @@ pub enum FormatError {
     /// support: the bytes are valid, this code is too old or too limited.
     #[error("unsupported {kind} {bits:#x}; this build of biofs can't use the filesystem")]
     Unsupported { kind: &'static str, bits: u32 },
+    /// A structure of one file is damaged: `what` is wrong at `block`
+    /// (0 when the damage is in the inode itself) of inode `ino`. The
+    /// mount refuses that file with EUCLEAN; the rest keeps working.
+    #[error("inode {ino}, block {block}: {what}")]
+    Corrupt { ino: u64, block: u64, what: String },
+    /// No free block or inode is left: ENOSPC, never corruption.
+    #[error("no space left for {what}")]
+    NoSpace { what: &'static str },
     /// The device could not be read or written.
     #[error("{what} at block {block}: {source}")]
     Io {
@@ -56,6 +64,15 @@ impl FormatError {
         }
     }
 
+    /// A [`FormatError::Corrupt`].
+    pub fn corrupt(ino: u64, block: u64, what: impl Into<String>) -> FormatError {
+        FormatError::Corrupt {
+            ino,
+            block,
+            what: what.into(),
+        }
+    }
+
     /// An [`FormatError::Io`].
     pub fn io(what: &'static str, block: u64, source: io::Error) -> FormatError {
         FormatError::Io {
@@ -72,6 +89,8 @@ impl FormatError {
         match self {
             // Valid bytes this build can't use: not damage to repair.
             FormatError::Unsupported { .. } => false,
+            // Full, not damaged.
+            FormatError::NoSpace { .. } => false,
             FormatError::Io { source, .. } => matches!(
                 super::dev::BioError::errno_of(source),
                 Some(libc::EILSEQ) | Some(libc::ENODATA)

@@ -8,7 +8,9 @@
 
 use super::codec::{Reader, Writer};
 use super::error::{FormatError, Result};
-use super::geometry::MAX_BLOCKS;
+use std::collections::HashSet;
+
+use super::geometry::{Geometry, MAX_BLOCKS};
 use super::{block_csum, BLOCKS_PER_GROUP, BLOCK_SIZE, MAX_FILE_BLOCKS};
 
 /// Magic of an extent node.
@@ -328,50 +330,180 @@ pub fn build_tree(
     Ok((root, blocks))
 }
 
-/// Every extent below `root` (inode `ino`'s), reading node blocks with
-/// `read`; and the node blocks. Strict: any damage (a bad node, extents out
-/// of order or overlapping) is an error, for a mounted filesystem to
-/// refuse rather than guess.
-pub fn read_tree(
+/// What a walk of an extent tree found ([`walk_tree`]).
+#[derive(Debug, Default)]
+pub struct TreeWalk {
+    /// The valid extents, sorted and non-overlapping.
+    pub extents: Vec<Extent>,
+    /// The node blocks read below the root, in walk (pre)order.
+    pub nodes: Vec<u64>,
+    /// Damage found, as [`FormatError::Corrupt`]; a lenient walk skips the
+    /// damaged node or extent and goes on.
+    pub problems: Vec<FormatError>,
+}
+
+/// A child to visit: its block, the logical range its parent gives it, and
+/// the depth it must have.
+struct Pending {
+    block: u64,
+    lo: u64,
+    hi: u64,
+    depth: u16,
+}
+
+/// Walk inode `ino`'s extent tree from `root`, reading node blocks with
+/// `read`: the one walker of the mount ([`read_tree`]) and fsck
+/// (`Image::extents`). Its guards, against a damaged or hostile image:
+///
+/// - every node block is visited at most once (a visited set): an index
+///   entry naming a block already seen (the shared-child "tree bomb", or a
+///   cycle) is damage, so the walk reads at most one node per block of the
+///   filesystem and keeps no more than `MAX_DEPTH` levels of pending
+///   children;
+/// - a child must be at its parent's depth less one (so the walk is at most
+///   `MAX_DEPTH` deep) and lie in the data area (`geo`);
+/// - every extent lies in the data area within one group, inside the
+///   logical range its parent index gives it, after the extent before it.
+///
+/// `strict` (the mount): the first damage is `Err(Corrupt)`. Otherwise
+/// (fsck) damage is listed in [`TreeWalk::problems`] and the damaged part
+/// skipped. A read that fails for another reason than damage (the device
+/// is in trouble) is `Err` either way.
+pub fn walk_tree(
     seed: u32,
     ino: u64,
     root: &ExtentNode,
+    geo: &Geometry,
     read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
-) -> Result<(Vec<Extent>, Vec<u64>)> {
-    let mut extents: Vec<Extent> = Vec::new();
-    let mut nodes = Vec::new();
-    let mut stack: Vec<(ExtentNode, u16)> = vec![(root.clone(), root.depth() + 1)];
-    while let Some((node, parent_depth)) = stack.pop() {
-        if node.depth() + 1 != parent_depth {
-            return Err(FormatError::invalid(
-                "extent tree",
-                "node at the wrong depth",
-            ));
+    strict: bool,
+) -> Result<TreeWalk> {
+    let mut w = TreeWalk::default();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut stack: Vec<Pending> = Vec::new();
+    let damage = |w: &mut TreeWalk, block: u64, what: String| -> Result<()> {
+        let e = FormatError::corrupt(ino, block, format!("extent tree: {what}"));
+        if strict {
+            return Err(e);
         }
+        w.problems.push(e);
+        Ok(())
+    };
+    let visit = |w: &mut TreeWalk,
+                 stack: &mut Vec<Pending>,
+                 node: &ExtentNode,
+                 block: u64,
+                 (lo, hi): (u64, u64)|
+     -> Result<()> {
         match node {
             ExtentNode::Leaf(es) => {
                 for e in es {
-                    if extents.last().is_some_and(|p| p.logical_end() > e.logical) {
-                        return Err(FormatError::invalid(
-                            "extent tree",
-                            format!("inode {ino}: extents out of order at logical {}", e.logical),
-                        ));
+                    let in_data = geo.is_data_block(e.physical)
+                        && geo.is_data_block(e.physical_end() - 1)
+                        && geo.block_group(e.physical).map(|x| x.0)
+                            == geo.block_group(e.physical_end() - 1).map(|x| x.0);
+                    let after_prev = w
+                        .extents
+                        .last()
+                        .is_none_or(|p| p.logical_end() <= e.logical);
+                    if !in_data {
+                        damage(
+                            w,
+                            block,
+                            format!(
+                                "extent of logical {} at blocks {}..{} is outside the data area",
+                                e.logical,
+                                e.physical,
+                                e.physical_end()
+                            ),
+                        )?;
+                    } else if e.logical < lo || e.logical_end() > hi || !after_prev {
+                        damage(
+                            w,
+                            block,
+                            format!("extent at logical {} is out of order", e.logical),
+                        )?;
+                    } else {
+                        w.extents.push(*e);
                     }
-                    extents.push(e);
                 }
             }
             ExtentNode::Index { depth, entries } => {
                 // Children in reverse so the stack pops them in order.
-                for ie in entries.iter().rev() {
-                    let raw = read(ie.child)?;
-                    let child = ExtentNode::decode_block(seed, ie.child, ino, &raw)?;
-                    nodes.push(ie.child);
-                    stack.push((child, depth));
+                for (i, ie) in entries.iter().enumerate().rev() {
+                    let next = entries.get(i + 1).map_or(hi, |n| n.logical).min(hi);
+                    if ie.logical < lo || ie.logical >= next {
+                        damage(
+                            w,
+                            block,
+                            format!("index entry to block {} is out of order", ie.child),
+                        )?;
+                        continue;
+                    }
+                    stack.push(Pending {
+                        block: ie.child,
+                        lo: ie.logical,
+                        hi: next,
+                        depth: depth - 1,
+                    });
                 }
             }
         }
+        Ok(())
+    };
+    visit(&mut w, &mut stack, root, 0, (0, MAX_FILE_BLOCKS))?;
+    while let Some(p) = stack.pop() {
+        if !geo.is_data_block(p.block) {
+            damage(
+                &mut w,
+                p.block,
+                format!("index entry to block {} outside the data area", p.block),
+            )?;
+            continue;
+        }
+        if !seen.insert(p.block) {
+            damage(
+                &mut w,
+                p.block,
+                format!("block {} is referenced twice", p.block),
+            )?;
+            continue;
+        }
+        let node = match read(p.block)
+            .and_then(|raw| ExtentNode::decode_block(seed, p.block, ino, &raw))
+        {
+            Ok(n) => n,
+            Err(e) if e.is_corruption() => {
+                damage(&mut w, p.block, format!("block {}: {e}", p.block))?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if node.depth() != p.depth {
+            damage(
+                &mut w,
+                p.block,
+                format!("node at depth {} where {} belongs", node.depth(), p.depth),
+            )?;
+            continue;
+        }
+        w.nodes.push(p.block);
+        visit(&mut w, &mut stack, &node, p.block, (p.lo, p.hi))?;
     }
-    Ok((extents, nodes))
+    Ok(w)
+}
+
+/// Every extent below `root` (inode `ino`'s) and the node blocks, for the
+/// mount: [`walk_tree`], strict. Any damage is `Err(Corrupt)`, for the
+/// mount to refuse the file rather than guess.
+pub fn read_tree(
+    seed: u32,
+    ino: u64,
+    root: &ExtentNode,
+    geo: &Geometry,
+    read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
+) -> Result<(Vec<Extent>, Vec<u64>)> {
+    let w = walk_tree(seed, ino, root, geo, read, true)?;
+    Ok((w.extents, w.nodes))
 }
 
 #[cfg(test)]

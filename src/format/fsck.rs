@@ -843,6 +843,32 @@ impl Checker<'_, '_> {
                 rewrite_tree.push((ino, inode.clone(), scan.extents.clone()));
             }
         }
+        if let Err(what) = inode.check_fields(&scan.extents) {
+            let msg = format!("Inode {ino}: {what}.");
+            match ftype {
+                FileType::Symlink => {
+                    if self.problem_manual(&msg, "Clear it")? {
+                        // Pass 2 drops its names; pass 5 frees its blocks.
+                        self.img.write_inode(ino, None)?;
+                        return Ok(());
+                    }
+                }
+                FileType::Directory => {
+                    if self.problem(&msg, "Rebuild the directory")? {
+                        // Pass 2 rebuilds it, which sets the size.
+                        self.dirs_dirty.insert(ino);
+                    }
+                }
+                _ => {
+                    let end = scan.extents.last().map_or(0, |e| e.logical_end());
+                    let size = (end * BLOCK_SIZE as u64).min(super::MAX_FILE_SIZE);
+                    if self.problem_manual(&msg, &format!("Set the size to {size}"))? {
+                        inode.size = size;
+                        dirty = true;
+                    }
+                }
+            }
+        }
         for &b in &scan.tree_blocks {
             if self.claimed.get(b) {
                 has_dup = true;
@@ -880,19 +906,6 @@ impl Checker<'_, '_> {
                 inode.xattr_block = 0;
                 dirty = true;
             }
-        }
-        if ftype == FileType::Directory
-            && inode.size % BLOCK_SIZE as u64 != 0
-            && self.problem(
-                &format!(
-                    "Directory inode {ino} has size {}, not a whole number of blocks.",
-                    inode.size
-                ),
-                "Rebuild the directory",
-            )?
-        {
-            // Pass 2 rebuilds it, which sets the size.
-            self.dirs_dirty.insert(ino);
         }
         let rewriting = rewrite_tree.last().is_some_and(|(i, _, _)| *i == ino);
         if inode.blocks != owned

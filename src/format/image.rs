@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::dev::Dev;
 use super::dir::{DirEntry, DirNode, NodeEntry, ENTRY_SPACE, NODE_ENTRY};
 use super::error::{FormatError, Result};
-use super::extent::{build_tree, Extent, ExtentNode};
+use super::extent::{build_tree, walk_tree, Extent};
 use super::geometry::Geometry;
 use super::group::{bitmap_csum, uninit_block_bitmap, uninit_inode_bitmap, GroupDesc};
 use super::inode::{Inode, InodeData};
@@ -287,87 +287,19 @@ impl<'d> Image<'d> {
     /// left out and listed in `problems`.
     pub fn extents(&self, ino: u64, inode: &Inode) -> ExtentScan {
         let mut scan = ExtentScan::default();
-        if let Some(root) = inode.extent_root() {
-            self.walk(ino, root, 0, u64::MAX, root.depth() + 1, &mut scan);
+        let Some(root) = inode.extent_root() else {
+            return scan;
+        };
+        let mut read = |b: u64| self.read("extent block", b);
+        match walk_tree(self.seed, ino, root, &self.geo, &mut read, false) {
+            Ok(w) => {
+                scan.extents = w.extents;
+                scan.tree_blocks = w.nodes;
+                scan.problems = w.problems.iter().map(short_problem).collect();
+            }
+            Err(e) => scan.fatal = Some(e.to_string()),
         }
         scan
-    }
-
-    fn walk(
-        &self,
-        ino: u64,
-        node: &ExtentNode,
-        lo: u64,
-        hi: u64,
-        parent_depth: u16,
-        scan: &mut ExtentScan,
-    ) {
-        if node.depth() + 1 != parent_depth {
-            scan.problems.push(format!(
-                "extent node at depth {} under depth {parent_depth}",
-                node.depth()
-            ));
-            return;
-        }
-        match node {
-            ExtentNode::Leaf(es) => {
-                for e in es {
-                    let in_data = e.physical_end() > e.physical
-                        && self.geo.is_data_block(e.physical)
-                        && self.geo.is_data_block(e.physical_end() - 1)
-                        && self.geo.block_group(e.physical).map(|x| x.0)
-                            == self.geo.block_group(e.physical_end() - 1).map(|x| x.0);
-                    let after_prev = scan
-                        .extents
-                        .last()
-                        .is_none_or(|p| p.logical_end() <= e.logical);
-                    if !in_data {
-                        scan.problems.push(format!(
-                            "extent of logical {} at blocks {}..{} is outside the data area",
-                            e.logical,
-                            e.physical,
-                            e.physical_end()
-                        ));
-                    } else if e.logical < lo || e.logical_end() > hi || !after_prev {
-                        scan.problems
-                            .push(format!("extent at logical {} is out of order", e.logical));
-                    } else {
-                        scan.extents.push(*e);
-                    }
-                }
-            }
-            ExtentNode::Index { depth, entries } => {
-                for (i, ie) in entries.iter().enumerate() {
-                    let next = entries.get(i + 1).map_or(hi, |n| n.logical);
-                    if ie.logical < lo
-                        || !self.geo.is_data_block(ie.child)
-                        || scan.tree_blocks.contains(&ie.child)
-                    {
-                        scan.problems.push(format!(
-                            "extent index entry to block {} is invalid",
-                            ie.child
-                        ));
-                        continue;
-                    }
-                    let child = self
-                        .read("extent block", ie.child)
-                        .and_then(|raw| ExtentNode::decode_block(self.seed, ie.child, ino, &raw));
-                    match child {
-                        Ok(c) => {
-                            scan.tree_blocks.push(ie.child);
-                            self.walk(ino, &c, ie.logical, next.min(hi), *depth, scan);
-                        }
-                        Err(e) if !e.is_corruption() => {
-                            scan.fatal
-                                .get_or_insert(format!("extent block {}: {e}", ie.child));
-                        }
-                        Err(e) => scan
-                            .problems
-                            .push(format!("extent block {}: {e}", ie.child)),
-                    }
-                }
-            }
-        }
     }
 
     /// Replace inode `ino`'s extent tree with one holding `extents` (sorted,
@@ -457,6 +389,14 @@ impl<'d> Image<'d> {
                 if parent_depth.is_some_and(|d| d != 1) {
                     scan.problems
                         .push(format!("directory leaf {logical} at the wrong depth"));
+                }
+                // Lookups descend by hash and readdir checks it: an entry
+                // outside its leaf's range is found by neither.
+                if let Some(e) = entries.iter().find(|e| e.hash < lo || e.hash >= hi) {
+                    scan.problems.push(format!(
+                        "directory leaf {logical}: entry hash {:#x} outside the leaf's range",
+                        e.hash
+                    ));
                 }
                 scan.entries.extend(entries);
             }
@@ -617,6 +557,14 @@ impl<'d> Image<'d> {
         inode.blocks = nblocks + tree.len() as u64 + extra_blocks;
         new_blocks.extend(tree);
         Ok(new_blocks)
+    }
+}
+
+/// A walker's problem as fsck lists it (the inode is named by the caller).
+fn short_problem(e: &FormatError) -> String {
+    match e {
+        FormatError::Corrupt { what, .. } => what.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -7,8 +7,8 @@
 
 use super::codec::{Reader, Writer};
 use super::error::{FormatError, Result};
-use super::extent::{ExtentNode, INLINE_EXTENT_BYTES};
-use super::{meta_csum, INODE_SIZE};
+use super::extent::{Extent, ExtentNode, INLINE_EXTENT_BYTES};
+use super::{meta_csum, BLOCK_SIZE, INODE_SIZE, MAX_FILE_SIZE};
 
 /// Bytes of the inline data area.
 pub const INLINE_DATA: usize = 128;
@@ -188,6 +188,47 @@ impl Inode {
         match &self.data {
             InodeData::Extents(n) => Some(n),
             _ => None,
+        }
+    }
+
+    /// The fields the mount relies on beyond what [`Inode::decode`] checks,
+    /// against the file's extent map (`map`, sorted): a size within the
+    /// format's limit, a directory's size a whole number of blocks covering
+    /// its blocks, a symlink's length (1..`BLOCK_SIZE`) with its block
+    /// mapped. One check for the mount (which refuses the file, EUCLEAN)
+    /// and fsck (which repairs), so that what fsck accepts the mount
+    /// reads. `Err` says what is wrong.
+    pub fn check_fields(&self, map: &[Extent]) -> std::result::Result<(), String> {
+        let size = self.size;
+        let mapped_end = map.last().map_or(0, |e| e.logical_end());
+        match self.file_type() {
+            FileType::Regular if size > MAX_FILE_SIZE => Err(format!(
+                "size {size} is past the {MAX_FILE_SIZE}-byte file limit"
+            )),
+            FileType::Directory if size % BLOCK_SIZE as u64 != 0 => Err(format!(
+                "directory size {size} is not a whole number of blocks"
+            )),
+            FileType::Directory if size / (BLOCK_SIZE as u64) < mapped_end => Err(format!(
+                "directory size {size} is short of its {mapped_end} mapped blocks"
+            )),
+            FileType::Directory if size > MAX_FILE_SIZE => {
+                Err(format!("directory size {size} is past the file limit"))
+            }
+            FileType::Symlink => match &self.data {
+                InodeData::Symlink(t) if t.is_empty() || t.len() as u64 != size => {
+                    Err(format!("inline symlink of {} bytes, size {size}", t.len()))
+                }
+                InodeData::Symlink(_) => Ok(()),
+                _ if size == 0 || size >= BLOCK_SIZE as u64 => Err(format!(
+                    "symlink length {size} (1..{} allowed)",
+                    BLOCK_SIZE - 1
+                )),
+                _ if !map.first().is_some_and(|e| e.logical == 0 && !e.unwritten) => {
+                    Err("symlink target block is not mapped".to_string())
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
         }
     }
 

@@ -63,6 +63,8 @@ pub const FIRST_FREE_INO: u64 = 3;
 pub const NAME_MAX: usize = 255;
 /// Largest logical block of a file (exclusive): files reach 16 TiB.
 pub const MAX_FILE_BLOCKS: u64 = 1 << 32;
+/// Largest file size in bytes (16 TiB): a write may end there, not past.
+pub const MAX_FILE_SIZE: u64 = MAX_FILE_BLOCKS * BLOCK_SIZE as u64;
 
 /// CRC32C of `data` seeded by `seed` (a filesystem's UUID CRC) and `nr`
 /// (the block or inode number), so that a block written to the wrong place,

@@ -126,7 +126,7 @@ impl Allocator {
 
     /// A run of up to `want` free blocks, as close after `goal` as the
     /// groups allow: `(first block, length)`, length at least 1. Fails with
-    /// ENOSPC-like `Invalid("no space")` when no block is free.
+    /// [`FormatError::NoSpace`] when no block is free.
     pub fn alloc_blocks(
         &mut self,
         io: &mut dyn MetaIo,
@@ -182,7 +182,7 @@ impl Allocator {
             }
         }
         let Some((g, s, len)) = best else {
-            return Err(FormatError::invalid("allocation", "no space"));
+            return Err(FormatError::NoSpace { what: "a block" });
         };
         let len = len.min(want as usize);
         let mut d = self.desc(io, g)?;
@@ -231,7 +231,7 @@ impl Allocator {
             bitmap::clear(&mut map, i as usize + k);
             self.pending_free.insert(start + k as u64);
         }
-        d.free_blocks += len;
+        d.free_blocks = d.free_blocks.saturating_add(len);
         d.flags &= !crate::format::group::BLOCK_UNINIT;
         let bb = self.geo.block_bitmap(g);
         d.block_bitmap_csum = bitmap_csum(self.seed, bb, &map);
@@ -304,7 +304,7 @@ impl Allocator {
             self.put_desc(io, g, &d)?;
             return Ok(self.geo.ino_of(g, idx));
         }
-        Err(FormatError::invalid("allocation", "no free inode"))
+        Err(FormatError::NoSpace { what: "an inode" })
     }
 
     /// Free inode `ino` in `txn` (its bytes are the caller's to zero).

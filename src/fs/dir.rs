@@ -42,22 +42,62 @@ fn bad(detail: String) -> FormatError {
     FormatError::invalid("directory", detail)
 }
 
-/// The path from the root to the leaf for `hash`: (logical, node) pairs.
-fn descend(b: &mut dyn DirBlocks, hash: u64) -> Result<Vec<(u64, DirNode)>> {
-    let mut path = Vec::new();
+/// A walk from the root down: (logical, node) pairs.
+type Path = Vec<(u64, DirNode)>;
+
+/// The path from the root to the leaf for `hash`.
+fn descend(b: &mut dyn DirBlocks, hash: u64) -> Result<Path> {
+    Ok(descend_range(b, hash)?.0)
+}
+
+/// [`descend`], and the range of hashes `[lo, hi)` the index gives the
+/// leaf (`hi` `None`: the last leaf). Guarded: each child must be one level
+/// below its parent (so the walk is at most `MAX_DEPTH` deep), and never
+/// the root or a node already on the path.
+fn descend_range(b: &mut dyn DirBlocks, hash: u64) -> Result<(Path, u64, Option<u64>)> {
+    let mut path: Vec<(u64, DirNode)> = Vec::new();
     let mut logical = 0u64;
+    let (mut lo, mut hi) = (0u64, None::<u64>);
+    let mut want_depth: Option<u16> = None;
     for _ in 0..=MAX_DEPTH {
         let node = b.read(logical)?;
+        let depth = match &node {
+            DirNode::Leaf { .. } => 0,
+            DirNode::Node { depth, .. } => *depth,
+        };
+        if want_depth.is_some_and(|d| d != depth) {
+            return Err(bad(format!(
+                "block {logical} is at depth {depth} under a node of depth {}",
+                want_depth.unwrap_or_default() + 1
+            )));
+        }
         let next = match &node {
             DirNode::Leaf { .. } => None,
-            DirNode::Node { entries, .. } => {
-                let i = entries.partition_point(|e| e.hash <= hash);
-                Some(entries[i.saturating_sub(1)].child)
+            DirNode::Node { entries, depth } => {
+                let i = entries
+                    .partition_point(|e| e.hash <= hash)
+                    .saturating_sub(1);
+                let e = entries.get(i).ok_or_else(|| {
+                    bad(format!("block {logical}: an index node with no entries"))
+                })?;
+                if i > 0 {
+                    lo = lo.max(e.hash);
+                }
+                if let Some(n) = entries.get(i + 1) {
+                    hi = Some(hi.map_or(n.hash, |h| h.min(n.hash)));
+                }
+                want_depth = Some(depth.saturating_sub(1));
+                Some(e.child)
             }
         };
         path.push((logical, node));
         match next {
-            None => return Ok(path),
+            None => return Ok((path, lo, hi)),
+            Some(c) if c == 0 || path.iter().any(|(l, _)| *l == c) => {
+                return Err(bad(format!(
+                    "block {logical} points back to block {c} above it"
+                )));
+            }
             Some(c) => logical = c,
         }
     }
@@ -270,20 +310,47 @@ pub fn remove(b: &mut dyn DirBlocks, hash: u64, name: &[u8]) -> Result<Option<Di
 /// Up to `max` entries with a hash above `cookie` (0 to start), in hash
 /// order; the cookie to continue from is the hash of the last one. Entries
 /// of one hash always come in one batch (they share a leaf).
+///
+/// The leaves are found by descending the index (to the cookie, then to
+/// each leaf's upper bound), never by trusting the leaves' `next` links
+/// alone: the walk moves strictly up the hash space, visits each leaf at
+/// most once, and checks that every entry lies in the range the index gives
+/// its leaf and that each `next` link names the leaf the index has next. A
+/// link that loops, skips or ends early is an error naming the block, not
+/// a spin or a listing silently cut short.
 pub fn readdir(b: &mut dyn DirBlocks, cookie: u64, max: usize) -> Result<Vec<DirEntry>> {
     let mut out = Vec::new();
     if b.is_empty() {
         return Ok(out);
     }
-    let path = descend(b, cookie.saturating_add(1))?;
-    let Some((_, mut node)) = path.into_iter().last() else {
-        return Ok(out);
-    };
-    let mut hops = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    let mut at = cookie.saturating_add(1);
+    // The leaf before, and the link it holds.
+    let mut prev: Option<(u64, u64)> = None;
     loop {
-        let DirNode::Leaf { next, entries } = node else {
-            return Err(bad("a leaf link to an interior node".into()));
+        let (mut path, lo, hi) = descend_range(b, at)?;
+        let Some((logical, DirNode::Leaf { next, entries })) = path.pop() else {
+            return Err(bad("the walk did not end at a leaf".into()));
         };
+        if let Some((p, link)) = prev {
+            if link != logical {
+                return Err(bad(format!(
+                    "leaf {p} links to block {link}, but the index puts leaf {logical} next"
+                )));
+            }
+        }
+        if !seen.insert(logical) {
+            return Err(bad(format!("leaf {logical} is reached twice")));
+        }
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.hash < lo || hi.is_some_and(|h| e.hash >= h))
+        {
+            return Err(bad(format!(
+                "leaf {logical}: entry hash {:#x} outside the leaf's range",
+                e.hash
+            )));
+        }
         let mut last_hash = None;
         for e in entries.into_iter().filter(|e| e.hash > cookie) {
             if out.len() >= max && last_hash != Some(e.hash) {
@@ -292,14 +359,26 @@ pub fn readdir(b: &mut dyn DirBlocks, cookie: u64, max: usize) -> Result<Vec<Dir
             last_hash = Some(e.hash);
             out.push(e);
         }
-        if next == 0 || out.len() >= max {
-            return Ok(out);
+        match hi {
+            None if next != 0 => {
+                return Err(bad(format!(
+                    "the last leaf {logical} links on to block {next}"
+                )));
+            }
+            None => return Ok(out),
+            Some(_) if next == 0 => {
+                return Err(bad(format!(
+                    "leaf {logical} ends the leaf chain, but the index has leaves after it"
+                )));
+            }
+            Some(h) => {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                prev = Some((logical, next));
+                at = h;
+            }
         }
-        hops += 1;
-        if hops > 1 << 32 {
-            return Err(bad("leaf links loop".into()));
-        }
-        node = b.read(next)?;
     }
 }
 

@@ -89,22 +89,31 @@ pub struct Meta {
     /// errors=remount-ro).
     pub failed: bool,
     pub read_only: bool,
+    /// Inodes found damaged while mounted (a directory whose walk failed):
+    /// they refuse changes with EUCLEAN until fsck has repaired them, so
+    /// no change is acknowledged on a structure the mount can't trust.
+    pub damaged: std::collections::HashSet<u64>,
+    /// Unit tests: fail the directory change after this many more (EIO).
+    #[cfg(test)]
+    pub fail_dir_ops_after: Option<u32>,
 }
 
-/// The errno for a format-level error: corruption is EUCLEAN (the
-/// kernel's EFSCORRUPTED), an I/O error keeps its errno.
+/// The errno for a format-level error: the one mapping from
+/// [`FormatError`] to the core's [`Errno`] (the adapter's
+/// `fuse::errno::to_fuse` takes it from there). Exhaustive, so a new
+/// variant must be classified here: damage is EUCLEAN (the kernel's
+/// EFSCORRUPTED), a full filesystem ENOSPC, an I/O error keeps its errno.
 pub fn errno(e: &FormatError) -> Errno {
     match e {
+        FormatError::NoSpace { .. } => Errno::ENOSPC,
         FormatError::Io { source, .. } => {
             Errno::from_raw(BioError::errno_of(source).unwrap_or(libc::EIO))
         }
-        FormatError::Invalid { detail, .. }
-            if detail.starts_with("no space") || detail.starts_with("no free inode") =>
-        {
-            Errno::ENOSPC
-        }
-        _ if e.is_corruption() => Errno::EUCLEAN,
-        _ => Errno::EIO,
+        FormatError::Unsupported { .. } => Errno::EIO,
+        FormatError::BadMagic { .. }
+        | FormatError::BadChecksum { .. }
+        | FormatError::Invalid { .. }
+        | FormatError::Corrupt { .. } => Errno::EUCLEAN,
     }
 }
 
@@ -184,7 +193,10 @@ impl Meta {
             dirty: BTreeSet::new(),
             failed: false,
             read_only,
+            damaged: std::collections::HashSet::new(),
             bufs,
+            #[cfg(test)]
+            fail_dir_ops_after: None,
         })
     }
 
@@ -237,18 +249,34 @@ impl Meta {
             .ok_or(Errno::ENOENT)?;
         let (map, tree) = match inode.extent_root() {
             Some(root) => {
-                let seed = self.seed;
-                read_tree(seed, ino, root, &mut |b| self.bufs.read_meta(b))
+                let (seed, geo) = (self.seed, self.geo);
+                read_tree(seed, ino, root, &geo, &mut |b| self.bufs.read_meta(b))
                     .map_err(|e| fail(&format!("extent tree of inode {ino}"), e))?
             }
             None => (Vec::new(), Vec::new()),
         };
-        if map.iter().any(|e| {
-            !self.geo.is_data_block(e.physical)
-                || !self.geo.is_data_block(e.physical_end().saturating_sub(1))
-        }) {
-            log::error!("inode {ino}: an extent points outside the data area");
-            return Err(Errno::EUCLEAN);
+        if inode.blocks > self.geo.blocks_count {
+            let what = format!(
+                "block count {} is more than the filesystem has",
+                inode.blocks
+            );
+            return Err(fail(
+                &format!("inode {ino}"),
+                FormatError::corrupt(ino, 0, what),
+            ));
+        }
+        if inode.xattr_block != 0 && !self.geo.is_data_block(inode.xattr_block) {
+            let what = format!("xattr block {} is outside the data area", inode.xattr_block);
+            return Err(fail(
+                &format!("inode {ino}"),
+                FormatError::corrupt(ino, inode.xattr_block, what),
+            ));
+        }
+        if let Err(what) = inode.check_fields(&map) {
+            return Err(fail(
+                &format!("inode {ino}"),
+                FormatError::corrupt(ino, 0, what),
+            ));
         }
         Ok(InodeState {
             inode,
@@ -268,6 +296,9 @@ impl Meta {
     /// Inode `ino` for changing; it is written at the next commit.
     pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut InodeState> {
         self.check_writable()?;
+        if self.damaged.contains(&ino) {
+            return Err(Errno::EUCLEAN);
+        }
         self.dirty.insert(ino);
         self.load(ino)
     }
@@ -463,11 +494,35 @@ impl Meta {
     }
 
     /// Free the orphans a crash left (at mount, before anything else).
+    ///
+    /// Guarded as every walker of on-disk structures: each inode at most
+    /// once (a visited set: a loop ends the walk), at most the inode count
+    /// of hops, and each inode valid and in use. A list that breaks these is
+    /// logged, naming the inode, and cut there: the inodes after it stay
+    /// allocated for fsck.biofs to reclaim, and the mount goes on.
     pub fn free_orphans(&mut self) -> FsResult<u64> {
         let mut n = 0;
-        let mut hops = 0u64;
-        while self.sb.orphan_head != 0 && hops <= self.geo.inodes_count() {
+        let mut seen = std::collections::HashSet::new();
+        while self.sb.orphan_head != 0 {
             let ino = self.sb.orphan_head;
+            let bad = if !seen.insert(ino) {
+                Some("comes twice (the list loops)".to_string())
+            } else if seen.len() as u64 > self.geo.inodes_count() {
+                Some("is past the inode count".to_string())
+            } else {
+                self.get_mut(ino)
+                    .err()
+                    .map(|e| format!("can't be used ({e})"))
+            };
+            if let Some(why) = bad {
+                log::error!(
+                    "orphan list: inode {ino} {why}; the rest of the list is left \
+                     for fsck.biofs"
+                );
+                self.sb.orphan_head = 0;
+                self.sb_dirty = true;
+                break;
+            }
             let st = self.get_mut(ino)?;
             let next = std::mem::take(&mut st.inode.orphan_next);
             let unlinked = st.inode.nlink == 0;
@@ -479,7 +534,6 @@ impl Meta {
                 self.evict(ino)?;
                 n += 1;
             }
-            hops += 1;
         }
         Ok(n)
     }
@@ -534,7 +588,9 @@ impl Meta {
             Ok((b, _)) => Ok(b),
             Err(e) => {
                 err = Some(e);
-                Err(FormatError::invalid("extent tree", "no space"))
+                Err(FormatError::NoSpace {
+                    what: "an extent tree block",
+                })
             }
         });
         let (root, nodes) = match built {
@@ -546,7 +602,7 @@ impl Meta {
             self.bufs.write_meta(b, raw);
         }
         if let Some(st) = self.inodes.get_mut(&ino) {
-            st.inode.blocks = st.inode.blocks + new.len() as u64 - old.len() as u64;
+            st.inode.blocks = (st.inode.blocks + new.len() as u64).saturating_sub(old.len() as u64);
             st.inode.data = InodeData::Extents(root);
             st.tree = new;
             st.tree_dirty = false;
@@ -564,6 +620,11 @@ impl Meta {
     /// Commit the running transaction; false if there was nothing to
     /// commit. The caller has written back the data the maps point to. On
     /// failure the filesystem refuses further changes.
+    ///
+    /// A panic inside (a bug, or a damaged structure an assertion met) is
+    /// caught here: the dirty inodes may be half encoded, so the
+    /// filesystem is marked failed exactly as for an error, instead of
+    /// running on with those updates silently dropped.
     pub fn commit(&mut self) -> FsResult<bool> {
         if self.read_only {
             return Ok(false);
@@ -571,6 +632,25 @@ impl Meta {
         if self.failed {
             return Err(Errno::EIO);
         }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_inner()));
+        match r {
+            Ok(r) => r,
+            Err(p) => {
+                self.failed = true;
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                log::error!(
+                    "commit panicked ({why}); no more changes will be accepted, reads go on"
+                );
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    fn commit_inner(&mut self) -> FsResult<bool> {
         if let Err(e) = self.flush_inodes() {
             // Some inodes may be encoded and others not: nothing of this
             // transaction may reach the disk.

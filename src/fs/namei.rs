@@ -78,7 +78,9 @@ impl DirBlocks for DirIo<'_> {
         };
         let (b, _) = self.m.alloc_blocks(goal, 1).map_err(|e| {
             self.err = Some(e);
-            FormatError::invalid("allocation", "no space")
+            FormatError::NoSpace {
+                what: "a directory block",
+            }
         })?;
         if let Some(st) = self.m.inodes.get_mut(&ino) {
             extmap::insert(
@@ -120,7 +122,7 @@ pub fn attr_of(ino: u64, i: &Inode) -> Attr {
     Attr {
         ino,
         size: i.size,
-        blocks: i.blocks * (BLOCK_SIZE_U64 / 512),
+        blocks: i.blocks.saturating_mul(BLOCK_SIZE_U64 / 512),
         atime: i.atime,
         mtime: i.mtime,
         ctime: i.ctime,
@@ -152,11 +154,45 @@ impl Meta {
     pub fn dir_lookup(&mut self, dir: u64, name: &[u8]) -> FsResult<Option<DirEntry>> {
         let hash = name_hash(self.hash_seed, name);
         let mut io = self.dir_io(dir)?;
-        dirops::lookup(&mut io, hash, name).map_err(|e| fail(&format!("directory {dir}"), e))
+        let r = dirops::lookup(&mut io, hash, name);
+        r.map_err(|e| self.dir_damaged(dir, e))
+    }
+
+    /// Log a failed walk of directory `dir`; if it found damage, the
+    /// directory refuses changes from now on (EUCLEAN).
+    fn dir_damaged(&mut self, dir: u64, e: FormatError) -> Errno {
+        let n = fail(&format!("directory {dir}"), e);
+        if n == Errno::EUCLEAN && self.damaged.insert(dir) {
+            log::error!(
+                "directory {dir} is damaged: it refuses changes until fsck.biofs repairs it"
+            );
+        }
+        n
+    }
+
+    /// Unit tests: the injected failure of a directory change, when due.
+    #[cfg(test)]
+    fn injected_fault(&mut self) -> FsResult<()> {
+        match self.fail_dir_ops_after {
+            Some(0) => {
+                self.fail_dir_ops_after = None;
+                Err(Errno::EIO)
+            }
+            Some(n) => {
+                self.fail_dir_ops_after = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn dir_add(&mut self, dir: u64, name: &[u8], ino: u64, ftype: FileType) -> FsResult<()> {
         self.check_writable()?;
+        if self.damaged.contains(&dir) {
+            return Err(Errno::EUCLEAN);
+        }
+        #[cfg(test)]
+        self.injected_fault()?;
         let entry = DirEntry::new(self.hash_seed, name, ino, ftype);
         let mut io = self.dir_io(dir)?;
         let r = dirops::insert(&mut io, entry);
@@ -165,23 +201,32 @@ impl Meta {
             Ok(()) => Ok(()),
             Err(DirError::Exists) => Err(Errno::EEXIST),
             Err(DirError::HashBucketFull) => Err(Errno::ENOSPC),
-            Err(DirError::Format(e)) => Err(err.unwrap_or_else(|| fail("directory insert", e))),
+            Err(DirError::Format(e)) => Err(match err {
+                Some(e) => e,
+                None => self.dir_damaged(dir, e),
+            }),
         }
     }
 
     fn dir_remove(&mut self, dir: u64, name: &[u8]) -> FsResult<DirEntry> {
         self.check_writable()?;
+        if self.damaged.contains(&dir) {
+            return Err(Errno::EUCLEAN);
+        }
+        #[cfg(test)]
+        self.injected_fault()?;
         let hash = name_hash(self.hash_seed, name);
         let mut io = self.dir_io(dir)?;
         dirops::remove(&mut io, hash, name)
-            .map_err(|e| fail(&format!("directory {dir}"), e))?
+            .map_err(|e| self.dir_damaged(dir, e))?
             .ok_or(Errno::ENOENT)
     }
 
     /// Up to `max` entries of `dir` with a hash above `cookie`.
     pub fn dir_list(&mut self, dir: u64, cookie: u64, max: usize) -> FsResult<Vec<DirEntry>> {
         let mut io = self.dir_io(dir)?;
-        dirops::readdir(&mut io, cookie, max).map_err(|e| fail(&format!("directory {dir}"), e))
+        let r = dirops::readdir(&mut io, cookie, max);
+        r.map_err(|e| self.dir_damaged(dir, e))
     }
 
     fn dir_is_empty(&mut self, dir: u64) -> FsResult<bool> {
@@ -221,12 +266,32 @@ impl Meta {
                 if name.len() > crate::format::NAME_MAX {
                     return Err(Errno::ENAMETOOLONG);
                 }
-                self.dir_lookup(parent, name)?.ok_or(Errno::ENOENT)?.ino
+                let ino = self.dir_lookup(parent, name)?.ok_or(Errno::ENOENT)?.ino;
+                self.load_named(parent, name, ino)?;
+                ino
             }
         };
         let st = self.load(ino)?;
         st.lookups += 1;
         Ok(attr_of(ino, &st.inode))
+    }
+
+    /// Load inode `ino`, which directory `dir` names `name`. A name whose
+    /// inode is free (a zeroed slot, say) is damage the user must see:
+    /// EUCLEAN and a log line, never ENOENT, which would make the name
+    /// vanish from a listing without a word.
+    fn load_named(&mut self, dir: u64, name: &[u8], ino: u64) -> FsResult<()> {
+        match self.load(ino) {
+            Err(Errno::ENOENT) => {
+                log::error!(
+                    "directory {dir}: entry {:?} names inode {ino}, which is free or invalid; \
+                     run fsck.biofs",
+                    String::from_utf8_lossy(name)
+                );
+                Err(Errno::EUCLEAN)
+            }
+            r => r.map(|_| ()),
+        }
     }
 
     /// Make a new inode of `mode` named `name` in `parent` (any type);
@@ -424,19 +489,6 @@ impl Meta {
         Err(Errno::EUCLEAN)
     }
 
-    /// Point directory `ino`'s ".." at `newparent` (moving it from
-    /// `oldparent`), fixing both parents' link counts.
-    fn reparent(&mut self, ino: u64, oldparent: u64, newparent: u64) -> FsResult<()> {
-        if oldparent == newparent {
-            return Ok(());
-        }
-        self.get_mut(ino)?.inode.rdev_or_parent = newparent;
-        let o = self.get_mut(oldparent)?;
-        o.inode.nlink = o.inode.nlink.saturating_sub(1);
-        self.get_mut(newparent)?.inode.nlink += 1;
-        Ok(())
-    }
-
     pub fn rename(
         &mut self,
         parent: u64,
@@ -481,18 +533,12 @@ impl Meta {
         } else if src_dir && parent != newparent && self.get(newparent)?.nlink >= LINK_MAX {
             return Err(Errno::EMLINK);
         }
-        // Replace or add the new name, then drop the old one.
-        if let Some(d) = &dst {
-            self.dir_remove(newparent, newname)?;
-            if d.ftype == FileType::Directory {
-                let np = self.get_mut(newparent)?;
-                np.inode.nlink = np.inode.nlink.saturating_sub(1);
-            }
-        }
-        self.dir_add(newparent, newname, src.ino, src.ftype)?;
-        self.dir_remove(parent, name)?;
-        if src_dir {
-            self.reparent(src.ino, parent, newparent)?;
+        // Replace or add the new name, then drop the old one; a failure
+        // part way undoes what was done (as `make` does).
+        let mut undo = Vec::new();
+        let moved = self.rename_steps(&mut undo, (parent, &src), (newparent, newname), &dst);
+        if let Err(e) = moved {
+            return Err(self.undo(undo, e));
         }
         touch(&mut self.get_mut(src.ino)?.inode, false);
         touch(&mut self.get_mut(parent)?.inode, true);
@@ -513,15 +559,9 @@ impl Meta {
         if (d1 && self.is_below(p2, e1.ino)?) || (d2 && self.is_below(p1, e2.ino)?) {
             return Err(Errno::EINVAL);
         }
-        self.dir_remove(p1, &e1.name)?;
-        self.dir_remove(p2, &e2.name)?;
-        self.dir_add(p1, &e1.name, e2.ino, e2.ftype)?;
-        self.dir_add(p2, &e2.name, e1.ino, e1.ftype)?;
-        if d1 {
-            self.reparent(e1.ino, p1, p2)?;
-        }
-        if d2 {
-            self.reparent(e2.ino, p2, p1)?;
+        let mut undo = Vec::new();
+        if let Err(e) = self.exchange_steps(&mut undo, (p1, e1), (p2, e2)) {
+            return Err(self.undo(undo, e));
         }
         for ino in [e1.ino, e2.ino] {
             touch(&mut self.get_mut(ino)?.inode, false);
@@ -533,5 +573,254 @@ impl Meta {
     }
 }
 
+/// One change of a rename, as what undoes it.
+enum Undo {
+    /// An entry was removed: add it back.
+    Readd(u64, DirEntry),
+    /// An entry was added: remove it.
+    Unadd(u64, Vec<u8>),
+    /// A link count was changed: restore it.
+    Nlink(u64, u32),
+    /// A directory's parent was changed: restore it.
+    Parent(u64, u64),
+}
+
+impl Meta {
+    fn undo_remove(&mut self, undo: &mut Vec<Undo>, dir: u64, e: &DirEntry) -> FsResult<()> {
+        self.dir_remove(dir, &e.name)?;
+        undo.push(Undo::Readd(dir, e.clone()));
+        Ok(())
+    }
+
+    fn undo_add(
+        &mut self,
+        undo: &mut Vec<Undo>,
+        dir: u64,
+        name: &[u8],
+        ino: u64,
+        ftype: FileType,
+    ) -> FsResult<()> {
+        self.dir_add(dir, name, ino, ftype)?;
+        undo.push(Undo::Unadd(dir, name.to_vec()));
+        Ok(())
+    }
+
+    fn undo_nlink(&mut self, undo: &mut Vec<Undo>, ino: u64, delta: i32) -> FsResult<()> {
+        let st = self.get_mut(ino)?;
+        let old = st.inode.nlink;
+        st.inode.nlink = old.saturating_add_signed(delta);
+        undo.push(Undo::Nlink(ino, old));
+        Ok(())
+    }
+
+    /// [`Meta::reparent`], recorded.
+    fn undo_reparent(
+        &mut self,
+        undo: &mut Vec<Undo>,
+        ino: u64,
+        oldparent: u64,
+        newparent: u64,
+    ) -> FsResult<()> {
+        if oldparent == newparent {
+            return Ok(());
+        }
+        let st = self.get_mut(ino)?;
+        let old = st.inode.rdev_or_parent;
+        st.inode.rdev_or_parent = newparent;
+        undo.push(Undo::Parent(ino, old));
+        self.undo_nlink(undo, oldparent, -1)?;
+        self.undo_nlink(undo, newparent, 1)
+    }
+
+    /// The changes of a rename of `src` (in `parent`) to `newname` in
+    /// `newparent`, replacing `dst` if there is one.
+    fn rename_steps(
+        &mut self,
+        undo: &mut Vec<Undo>,
+        (parent, src): (u64, &DirEntry),
+        (newparent, newname): (u64, &[u8]),
+        dst: &Option<DirEntry>,
+    ) -> FsResult<()> {
+        if let Some(d) = dst {
+            self.undo_remove(undo, newparent, d)?;
+            if d.ftype == FileType::Directory {
+                self.undo_nlink(undo, newparent, -1)?;
+            }
+        }
+        self.undo_add(undo, newparent, newname, src.ino, src.ftype)?;
+        self.undo_remove(undo, parent, src)?;
+        if src.ftype == FileType::Directory {
+            self.undo_reparent(undo, src.ino, parent, newparent)?;
+        }
+        Ok(())
+    }
+
+    /// The changes of RENAME_EXCHANGE of `e1` (in `p1`) and `e2` (in `p2`).
+    fn exchange_steps(
+        &mut self,
+        undo: &mut Vec<Undo>,
+        (p1, e1): (u64, &DirEntry),
+        (p2, e2): (u64, &DirEntry),
+    ) -> FsResult<()> {
+        self.undo_remove(undo, p1, e1)?;
+        self.undo_remove(undo, p2, e2)?;
+        self.undo_add(undo, p1, &e1.name, e2.ino, e2.ftype)?;
+        self.undo_add(undo, p2, &e2.name, e1.ino, e1.ftype)?;
+        if e1.ftype == FileType::Directory {
+            self.undo_reparent(undo, e1.ino, p1, p2)?;
+        }
+        if e2.ftype == FileType::Directory {
+            self.undo_reparent(undo, e2.ino, p2, p1)?;
+        }
+        Ok(())
+    }
+
+    /// Undo `undo` (newest first) after a rename failed with `e`; returns
+    /// `e`. If the undo itself fails, the running transaction holds a
+    /// half-done rename: the filesystem is marked failed so that it is
+    /// never committed (changes get EROFS, reads go on).
+    fn undo(&mut self, undo: Vec<Undo>, e: Errno) -> Errno {
+        for u in undo.into_iter().rev() {
+            let r = match u {
+                Undo::Readd(dir, d) => self.dir_add(dir, &d.name, d.ino, d.ftype),
+                Undo::Unadd(dir, name) => self.dir_remove(dir, &name).map(|_| ()),
+                Undo::Nlink(ino, n) => self.get_mut(ino).map(|st| st.inode.nlink = n),
+                Undo::Parent(ino, p) => self.get_mut(ino).map(|st| st.inode.rdev_or_parent = p),
+            };
+            if let Err(e2) = r {
+                log::error!(
+                    "undoing a failed rename ({e}) failed too ({e2}); \
+                     no more changes will be accepted"
+                );
+                self.failed = true;
+                break;
+            }
+        }
+        e
+    }
+}
+
 /// A symlink's mode.
 pub const SYMLINK_MODE: u32 = S_IFLNK | 0o777;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::block::backend::{BlockBackend, MemBackend};
+    use crate::format::dev::{Dev, DevOptions};
+    use crate::format::mkfs::{make_fs, MkfsParams};
+    use crate::format::superblock::Superblock;
+
+    fn meta() -> Meta {
+        let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(32 << 20));
+        let opts = DevOptions {
+            read_only: false,
+            verify: false,
+            workers: 0,
+            queue_depth: 0,
+        };
+        let dev = Dev::from_backend(mem, opts).unwrap();
+        make_fs(
+            &dev,
+            &MkfsParams::new([3; 16], 5, Timespec { sec: 1, nsec: 0 }),
+        )
+        .unwrap();
+        let sb = Superblock::decode(&dev.read_block(0).unwrap(), 0).unwrap();
+        Meta::new(Arc::new(dev), sb, false).unwrap()
+    }
+
+    fn names(m: &mut Meta, dir: u64) -> Vec<(Vec<u8>, u64)> {
+        let mut v: Vec<_> = m
+            .dir_list(dir, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.ino))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Issue 13 point 6: a rename or exchange failing after its first
+    /// directory change is undone, as `make` is: the namespace and the link
+    /// counts are as before, and the filesystem goes on.
+    /// The tree a/{f, d/}, b/{g, e/}; its inode numbers in that order.
+    fn tree(m: &mut Meta) -> [u64; 6] {
+        let c = Ctx::root();
+        let mk = |m: &mut Meta, p: u64, n: &[u8], mode: u32| {
+            m.make(&c, p, n, mode, &mut |_: &mut Meta, _: u64| Ok(()))
+                .unwrap()
+                .ino
+        };
+        let a = mk(m, ROOT_INO, b"a", 0o040755);
+        let b = mk(m, ROOT_INO, b"b", 0o040755);
+        let f = mk(m, a, b"f", 0o100644);
+        let d = mk(m, a, b"d", 0o040755);
+        let g = mk(m, b, b"g", 0o100644);
+        let e = mk(m, b, b"e", 0o040755);
+        [a, b, f, d, g, e]
+    }
+
+    type State = (Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, u64)>, Vec<u32>, Vec<u64>);
+
+    fn state(m: &mut Meta, [a, b, f, d, g, e]: [u64; 6]) -> State {
+        let links: Vec<u32> = [ROOT_INO, a, b, f, d, g, e]
+            .iter()
+            .map(|&i| m.get(i).unwrap().nlink)
+            .collect();
+        let parents: Vec<u64> = [d, e]
+            .iter()
+            .map(|&i| m.get(i).unwrap().rdev_or_parent)
+            .collect();
+        (names(m, a), names(m, b), links, parents)
+    }
+
+    /// Issue 13 point 6: a rename or exchange failing after its first
+    /// directory change is undone, as `make` is: the namespace, the link
+    /// counts and the parents are as before, and the filesystem goes on.
+    #[test]
+    fn a_rename_failing_part_way_is_undone() {
+        let plain = RenameFlags::default();
+        let exchange = RenameFlags {
+            exchange: true,
+            ..RenameFlags::default()
+        };
+        let cases: [(&[u8], &[u8], RenameFlags); 5] = [
+            (b"f", b"new", plain),
+            (b"f", b"g", plain),
+            (b"d", b"e", plain),
+            (b"d", b"e", exchange),
+            (b"f", b"e", exchange),
+        ];
+        let mut undone = 0;
+        for (from, to, flags) in cases {
+            // Fail each directory change in turn after the first.
+            for after in 1.. {
+                let mut m = meta();
+                let t = tree(&mut m);
+                let before = state(&mut m, t);
+                m.fail_dir_ops_after = Some(after);
+                let r = m.rename(t[0], from, t[1], to, flags);
+                if m.fail_dir_ops_after.take().is_some() {
+                    r.unwrap();
+                    assert!(after > 1, "{from:?} -> {to:?}: only one change");
+                    break;
+                }
+                assert_eq!(
+                    r,
+                    Err(Errno::EIO),
+                    "{from:?} -> {to:?} failing after {after}"
+                );
+                assert!(!m.failed);
+                assert_eq!(
+                    state(&mut m, t),
+                    before,
+                    "{from:?} -> {to:?} failing after {after}"
+                );
+                undone += 1;
+            }
+        }
+        assert!(undone >= 10, "{undone} failures undone");
+    }
+}

@@ -276,14 +276,26 @@ impl Fs {
                 .spawn(move || {
                     let kick = c.kick.1.clone();
                     let mut due = std::time::Instant::now() + every;
+                    // A panic must not end periodic commits silently (one
+                    // inside the commit itself already marked the
+                    // filesystem failed: `Meta::commit`).
+                    let guarded =
+                        |what: &str, f: &dyn Fn() -> FsResult<()>| match std::panic::catch_unwind(
+                            std::panic::AssertUnwindSafe(f),
+                        ) {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => log::error!("{what}: {e}"),
+                            Err(_) => log::error!("{what} panicked; retrying later"),
+                        };
                     loop {
                         crossbeam_channel::select! {
                             recv(rx) -> _ => return,
-                            recv(kick) -> _ => c.background_writeback(),
+                            recv(kick) -> _ => guarded("background writeback", &|| {
+                                c.background_writeback();
+                                Ok(())
+                            }),
                             default(due.saturating_duration_since(std::time::Instant::now())) => {
-                                if let Err(e) = c.sync(IoPrio::DEFAULT) {
-                                    log::error!("periodic commit: {e}");
-                                }
+                                guarded("periodic commit", &|| c.sync(IoPrio::DEFAULT));
                                 due = std::time::Instant::now() + every;
                             }
                         }

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use biofs::block::backend::logwrites::{crash_device, crash_states, CrashState};
+use biofs::block::backend::logwrites::{crash_device, crash_states, writes_after, CrashState};
 use biofs::block::backend::{BlockBackend, LogWritesBackend, MemBackend};
 use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
 use biofs::format::dev::{Dev, DevOptions};
@@ -33,6 +33,11 @@ use biofs::format::mkfs::{make_fs, MkfsParams};
 use biofs::format::BLOCK_SIZE;
 use biofs::fs::{Ctx, Fs, MountOptions, RenameFlags, SetAttr};
 use clap::Parser;
+
+mod random;
+#[path = "../common/rng.rs"]
+#[allow(dead_code)]
+mod rng;
 
 const SIZE: u64 = 24 << 20;
 const ROOT: u64 = 1;
@@ -57,6 +62,16 @@ struct Args {
     /// state after that fsync must then fail.
     #[arg(long, hide = true)]
     inject_bug: bool,
+    /// Also run N generated workloads (random sequences of the same
+    /// operations; the long run: docs/testing.md).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    random: u64,
+    /// First seed of the generated workloads (workload i uses SEED + i).
+    #[arg(long, value_name = "SEED", default_value_t = 1)]
+    seed: u64,
+    /// Operations per generated workload.
+    #[arg(long, value_name = "OPS", default_value_t = 12)]
+    ops: usize,
 }
 
 /// Byte `o` of version `v` of file `id`'s data: never zero, different per
@@ -115,6 +130,46 @@ impl Expect {
             _ => false,
         }
     }
+}
+
+/// Which version of its data each block of a file holds (`z`: zeros,
+/// `?`: neither), to say what a failed state shows.
+fn versions(path: &str, f: &Found) -> String {
+    let (Found::File(d), Some(id)) = (f, id_of(path)) else {
+        return String::new();
+    };
+    let tags: Vec<String> = d
+        .chunks(BLOCK_SIZE)
+        .enumerate()
+        .map(|(i, c)| {
+            let at = i * BLOCK_SIZE;
+            if c.iter().all(|&b| b == 0) {
+                return "z".to_string();
+            }
+            let v: String = (0..VERSIONS)
+                .filter(|&v| c.iter().enumerate().all(|(o, &b)| b == byte(id, v, at + o)))
+                .map(|v| v.to_string())
+                .collect();
+            if v.is_empty() {
+                // Per byte: the first version it matches (z: zero).
+                let mut runs: Vec<(char, usize)> = Vec::new();
+                for (o, &b) in c.iter().enumerate() {
+                    let t = (0..VERSIONS)
+                        .find(|&v| b == byte(id, v, at + o))
+                        .map_or(if b == 0 { 'z' } else { '?' }, |v| char::from(b'0' + v));
+                    match runs.last_mut() {
+                        Some((lt, n)) if *lt == t => *n += 1,
+                        _ => runs.push((t, 1)),
+                    }
+                }
+                let r: Vec<String> = runs.iter().map(|(t, n)| format!("{t}x{n}")).collect();
+                format!("[{}]", r.join(","))
+            } else {
+                v
+            }
+        })
+        .collect();
+    format!(" (blocks: {})", tags.join(" "))
 }
 
 fn describe(f: &Found) -> String {
@@ -486,7 +541,15 @@ fn check_state(
     match Fs::mount_dev(dev_on(target.clone())?, &opts()) {
         Err(e) => errs.push(format!("mount: {e}")),
         Ok(fs) => {
-            let allowed = model.allowed(st.0);
+            // A lost-write state holds the writes after its flush point up
+            // to the next flush (less one, never a FUA write): it is a
+            // crash at the end of that run, where fsyncs that returned
+            // inside it (their FUA commits kept) still hold.
+            let at = match st {
+                (n, None) => n,
+                (fp, Some(_)) => fp + writes_after(lw, fp),
+            };
+            let allowed = model.allowed(at);
             let paths: Vec<&'static str> = allowed
                 .iter()
                 .flat_map(|s| s.keys().copied())
@@ -514,7 +577,11 @@ fn check_state(
                         .iter()
                         .any(|s| s.get(p).is_none_or(|e| e.allows(&got[p])))
                     {
-                        what.push(format!("{p} is {}", describe(&got[p])));
+                        what.push(format!(
+                            "{p} is {}{}",
+                            describe(&got[p]),
+                            versions(p, &got[p])
+                        ));
                     }
                 }
                 if what.is_empty() {
@@ -549,8 +616,11 @@ fn check_state(
     Ok(errs)
 }
 
+/// A workload to run (a fixed one, or a generated one with its seed).
+type RunFn = dyn Fn(&Fs, &mut Model) -> Result<(), String>;
+
 /// Runs one workload and checks its crash states: (states, failed).
-fn run(name: &str, w: Workload, args: &Args) -> Result<(usize, usize), String> {
+fn run(name: &str, w: &RunFn, args: &Args) -> Result<(usize, usize), String> {
     let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(SIZE));
     ck(
         IntegrityStore::format(
@@ -627,10 +697,18 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let chosen: Vec<_> = WORKLOADS
+    let mut chosen: Vec<(String, Box<RunFn>)> = WORKLOADS
         .iter()
         .filter(|(n, _, _)| args.workload.as_deref().is_none_or(|w| w == *n))
+        .map(|&(n, _, w)| (n.to_string(), Box::new(w) as Box<_>))
         .collect();
+    for i in 0..args.random {
+        let (seed, ops) = (args.seed + i, args.ops);
+        chosen.push((
+            format!("random_{seed}"),
+            Box::new(move |fs: &Fs, m: &mut Model| random::workload(fs, m, seed, ops)),
+        ));
+    }
     if chosen.is_empty() {
         eprintln!(
             "biofs-crash: no workload {:?} (-l lists them)",
@@ -640,8 +718,8 @@ fn main() -> ExitCode {
     }
     let start = Instant::now();
     let (mut total, mut total_failed) = (0, 0);
-    for (name, _, w) in &chosen {
-        match run(name, *w, &args) {
+    for (name, w) in &chosen {
+        match run(name, w.as_ref(), &args) {
             Ok((n, f)) => {
                 println!("{name}: {n} crash states checked, {f} failed");
                 total += n;
