@@ -287,7 +287,10 @@ fn umount(mountpoint: &Path) -> ExitCode {
 /// `mount -o remount`): the kernel's remount of the mount's flags, then a
 /// wait until the serving biofs has followed (committed everything and
 /// refused changes, or accepted them again).
-fn remount(mountpoint: &Path, opts: &options::Options) -> Result<(), String> {
+///
+/// Without `ro` or `rw` among `lists` (the `-o` lists), the mount stays
+/// read-only or read-write as it is: `remount,noexec` changes only that.
+fn remount(mountpoint: &Path, opts: &options::Options, lists: &[String]) -> Result<(), String> {
     let mode = |what: &str| -> Result<String, String> {
         biofs::sys::getxattr(mountpoint, MODE_XATTR)
             .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -299,15 +302,28 @@ fn remount(mountpoint: &Path, opts: &options::Options) -> Result<(), String> {
                 _ => format!("{}: {}", mountpoint.display(), os_message(&e)),
             })
     };
-    let want_ro = opts.fs.read_only;
     let now = mode("remount")?;
+    let asked = lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .rfind(|o| *o == "ro" || *o == "rw");
+    let want_ro = match asked {
+        Some(o) => o == "ro",
+        None => now != "rw",
+    };
     if !want_ro && now == "ro-only" {
         return Err(format!(
             "{}: mounted read-only (-o ro), the image is open read-only: unmount it and mount it rw",
             mountpoint.display()
         ));
     }
-    biofs::sys::remount(mountpoint, opts.ms_flags()).map_err(|e| match e.raw_os_error() {
+    let flags = if want_ro {
+        opts.ms_flags() | libc::MS_RDONLY
+    } else {
+        opts.ms_flags() & !libc::MS_RDONLY
+    };
+    biofs::sys::remount(mountpoint, flags).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => format!(
             "{}: busy: files are open for writing there",
             mountpoint.display()
@@ -447,7 +463,7 @@ fn run(args: &Args, ready: &mut Ready) -> Result<(), String> {
     let mountpoint = std::path::absolute(&args.mountpoint)
         .map_err(|e| format!("{}: {}", args.mountpoint.display(), os_message(&e)))?;
     if opts.remount {
-        return remount(&mountpoint, &opts);
+        return remount(&mountpoint, &opts, &args.options);
     }
     if let Err(e) = std::fs::metadata(&target) {
         return Err(format!("{}: {}", target.display(), os_message(&e)));
