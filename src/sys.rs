@@ -937,22 +937,7 @@ pub fn loop_attach(image: &Path, read_only: bool) -> io::Result<(std::path::Path
 /// passes (-1: no limit). `mountinfo` is an open descriptor of it, read to
 /// its end since the last change.
 pub fn wait_mount_change(mountinfo: &File, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: mountinfo.as_raw_fd(),
-        events: libc::POLLPRI | libc::POLLERR,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(r > 0)
+    poll_one(mountinfo, libc::POLLPRI | libc::POLLERR, timeout_ms)
 }
 
 /// `pidfd_open(2)`: a descriptor of process `pid` that becomes readable
@@ -970,9 +955,15 @@ pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
 
 /// Wait up to `timeout_ms` for `fd` to become readable; true if it did.
 pub fn wait_readable<Fd: AsFd>(fd: Fd, timeout_ms: i32) -> io::Result<bool> {
+    poll_one(fd, libc::POLLIN, timeout_ms)
+}
+
+/// `poll(2)` of one descriptor for `events`, up to `timeout_ms` (-1: no
+/// limit): true if any came, false on a timeout or an interrupted wait.
+fn poll_one<Fd: AsFd>(fd: Fd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd: fd.as_fd().as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     // SAFETY: one valid pollfd for the duration of the call.

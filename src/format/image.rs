@@ -148,14 +148,6 @@ impl<'d> Image<'d> {
             })
     }
 
-    /// Blocks near the end of `dev` that hold a superblock (old backups).
-    pub fn stale_backups(dev: &Dev) -> Vec<u64> {
-        Image::superblock_candidates(dev)
-            .into_iter()
-            .map(|(b, _)| b)
-            .collect()
-    }
-
     /// Block `b` (from the overlay if it holds it).
     pub fn read(&self, what: &'static str, b: u64) -> Result<Vec<u8>> {
         if let Some(data) = self.overlay.get(&b) {
