@@ -176,10 +176,11 @@ fn run(args: &Args) -> Result<bool, String> {
 
 fn summary(t: &Tally, took: Duration) -> String {
     format!(
-        "biofs-fuzz: {} cases in {:.0} s: {} passed, {} mounts refused, {} left for a manual fsck, \
+        "biofs-fuzz: {} cases in {:.0} s ({:.0} s of CPU in the cases): {} passed, {} mounts refused, {} left for a manual fsck, \
          {} violations, {} panics, {} hangs, {} other failures",
         t.cases,
         took.as_secs_f64(),
+        children_cpu().as_secs_f64(),
         t.passed,
         t.mount_refused,
         t.fsck_gave_up,
@@ -188,6 +189,22 @@ fn summary(t: &Tally, took: Duration) -> String {
         t.hangs,
         t.other
     )
+}
+
+/// User plus system time of the finished cases (getrusage of the
+/// children that were waited for): the measure of a long run's size.
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_CHILDREN) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::from_secs(tv.tv_sec().max(0) as u64)
+                    + Duration::from_micros(tv.tv_usec().max(0) as u64)
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
 }
 
 /// The base image must check clean, or every case is meaningless.
