@@ -756,3 +756,81 @@ fn enospc_then_delete_and_write_again() {
     check(&dir, &kept);
     assert_file(&dir.join("after"), &data(999, 3 * MIB));
 }
+
+/// The kernel keeps attributes for an hour (the adapter's TTL): blocks a
+/// file is given at writeback, with no request about it, must still
+/// reach `stat` (an attributes-only FUSE_NOTIFY_INVAL_INODE).
+#[test]
+fn blocks_given_at_writeback_reach_a_cached_stat() {
+    let m = mount!();
+    let p = m.path("f");
+    let mut f = ok(File::create(&p), "create");
+    ok(f.write_all(&vec![7u8; 1 << 20]), "write");
+    let before = md(&p).blocks();
+    // syncfs: writeback gives the dirty pages their blocks.
+    assert_eq!(
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut blocks = md(&p).blocks();
+    while blocks < 2048 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        blocks = md(&p).blocks();
+    }
+    assert!(
+        blocks >= 2048,
+        "1 MiB written back, st_blocks {blocks} (before the sync {before})"
+    );
+}
+
+/// How many LOOKUPs the mount has answered, from `biofs stats`.
+fn lookups(m: &Mounted) -> u64 {
+    // The text grows between a size query and the read: one large buffer.
+    let mut buf = vec![0u8; 1 << 16];
+    let n = ok(
+        posix::getxattr_into(m.root(), "trusted.biofs.stats", &mut buf),
+        "stats",
+    );
+    let s = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+    s.lines()
+        .find_map(|l| l.trim_start().strip_prefix("lookup "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A name found missing is kept as a negative entry: looking it up again
+/// costs no round trip, and a create, link, rename or mkdir of the name
+/// through the kernel replaces it at once.
+#[test]
+fn a_missing_name_is_asked_once_and_then_found_once_made() {
+    let m = mount!();
+    if !m.is_biofs() {
+        return;
+    }
+    let miss = |name: &str| expect_errno(fs::symlink_metadata(m.path(name)), libc::ENOENT, name);
+    for name in ["a", "b", "c", "d"] {
+        miss(name);
+    }
+    let before = lookups(&m);
+    for _ in 0..10 {
+        for name in ["a", "b", "c", "d"] {
+            miss(name);
+        }
+    }
+    assert_eq!(lookups(&m), before, "negative entries were asked again");
+    ok(File::create(m.path("a")), "create a");
+    ok(fs::write(m.path("x"), b"x"), "x");
+    ok(fs::hard_link(m.path("x"), m.path("b")), "link b");
+    ok(fs::write(m.path("y"), b"y"), "y");
+    ok(fs::rename(m.path("y"), m.path("c")), "rename onto c");
+    ok(fs::create_dir(m.path("d")), "mkdir d");
+    assert!(md(&m.path("a")).is_file());
+    assert_eq!(md(&m.path("b")).ino(), md(&m.path("x")).ino());
+    assert_eq!(ok(fs::read(m.path("c")), "c"), b"y");
+    assert!(md(&m.path("d")).is_dir());
+    miss("y");
+    ok(fs::remove_file(m.path("a")), "unlink a");
+    miss("a");
+}

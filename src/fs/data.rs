@@ -613,6 +613,7 @@ impl DataCtx<'_> {
                         extmap::insert(&mut st.map, e);
                         st.inode.blocks += u64::from(got);
                         m.map_changed(ino);
+                        m.blocks_changed(ino);
                         new.push(e);
                         (p, u64::from(got))
                     }

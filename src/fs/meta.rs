@@ -93,6 +93,11 @@ pub struct Meta {
     /// they refuse changes with EUCLEAN until fsck has repaired them, so
     /// no change is acknowledged on a structure the mount can't trust.
     pub damaged: std::collections::HashSet<u64>,
+    /// Told of each inode whose block count changes with no request about
+    /// it (blocks given to dirty pages at writeback, extent tree nodes at
+    /// commit), so the FUSE adapter can have the kernel drop its cached
+    /// attributes of it (they are trusted for an hour).
+    pub blocks_hook: Option<Box<dyn Fn(u64) + Send>>,
     /// Unit tests: fail the directory change after this many more (EIO).
     #[cfg(test)]
     pub fail_dir_ops_after: Option<u32>,
@@ -193,6 +198,7 @@ impl Meta {
             dirty: BTreeSet::new(),
             failed: false,
             read_only,
+            blocks_hook: None,
             damaged: std::collections::HashSet::new(),
             bufs,
             #[cfg(test)]
@@ -304,6 +310,14 @@ impl Meta {
     }
 
     /// Mark `ino`'s extent map changed (its tree is rebuilt at commit).
+    /// `ino`'s block count changed with no request about it: tell the
+    /// hook ([`Meta::blocks_hook`]).
+    pub fn blocks_changed(&self, ino: u64) {
+        if let Some(h) = &self.blocks_hook {
+            h(ino);
+        }
+    }
+
     pub fn map_changed(&mut self, ino: u64) {
         self.dirty.insert(ino);
         if let Some(st) = self.inodes.get_mut(&ino) {
@@ -600,6 +614,9 @@ impl Meta {
         let new: Vec<u64> = nodes.iter().map(|n| n.0).collect();
         for (b, raw) in nodes {
             self.bufs.write_meta(b, raw);
+        }
+        if new.len() != old.len() {
+            self.blocks_changed(ino);
         }
         if let Some(st) = self.inodes.get_mut(&ino) {
             st.inode.blocks = (st.inode.blocks + new.len() as u64).saturating_sub(old.len() as u64);

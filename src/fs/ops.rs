@@ -420,6 +420,13 @@ impl Fs {
         }
     }
 
+    /// Call `hook` with each inode whose block count changes with no
+    /// request about it (see [`Meta::blocks_hook`]). It runs under the
+    /// metadata lock: it must only hand the number on.
+    pub fn on_blocks_changed(&self, hook: impl Fn(u64) + Send + 'static) {
+        self.meta().blocks_hook = Some(Box::new(hook));
+    }
+
     fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
         lock(&self.core.meta)
     }

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -25,6 +25,7 @@ use fuser::{
 
 use super::acl;
 use super::convert::{self, OpenFh, Seek, Xattr};
+use super::counts;
 use super::errno::{own, to_fuse};
 use super::flush::{Flusher, KernelCached};
 use super::readdir::DirReply;
@@ -48,8 +49,20 @@ pub const PID_XATTR: &str = "trusted.biofs.pid";
 /// The root's inode number, FUSE's and the core's.
 const ROOT: u64 = 1;
 
-/// How long the kernel may trust attributes and entries.
-pub(super) const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust attributes and entries, negative ones
+/// (a name that does not exist) included. biofs is the only writer of its
+/// image and every change of a name or an attribute reaches it through
+/// this kernel, which updates or drops its copy as it sends the request
+/// (or, after a READ or WRITE, marks the times, size and blocks stale), so
+/// a copy stays right however long it is kept. What changes with no
+/// request about it, the block count when writeback or a commit gives a
+/// file blocks, is sent as an attributes-only FUSE_NOTIFY_INVAL_INODE
+/// ([`crate::fs::Fs::on_blocks_changed`]). The kernel still forgets under
+/// memory pressure. An hour, as `fuse(4)`'s cache=always filesystems
+/// (virtiofs) keep theirs for a day: each second the kernel may keep a
+/// copy saves a LOOKUP or GETATTR round trip on every stat, open and
+/// unlink.
+pub(super) const TTL: Duration = Duration::from_secs(3600);
 
 /// Largest write (and readahead) to negotiate: the kernel caps requests at
 /// `max_pages` (256 pages here), which fuser derives from these.
@@ -183,7 +196,7 @@ impl FuseFs {
     fn virtual_value(&self, name: &OsStr) -> Option<Vec<u8>> {
         let name = name.as_bytes();
         if name == STATS_XATTR.as_bytes() {
-            Some(self.fs.stats().into_bytes())
+            Some(format!("{}{}", self.fs.stats(), counts::report()).into_bytes())
         } else if name == MODE_XATTR.as_bytes() {
             let mode = match (self.fs.is_read_only(), self.fs.can_be_writable()) {
                 (false, _) => "rw",
@@ -207,9 +220,11 @@ impl FuseFs {
 /// Run one request's handling; a panic in it is logged and its reply,
 /// dropped unsent while unwinding, answers EIO.
 fn guarded(op: &'static str, f: impl FnOnce()) {
+    let start = Instant::now();
     if panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
         log::error!("{op}: panicked; the request was answered EIO");
     }
+    counts::record(op, start);
 }
 
 fn ctx(req: &Request) -> Ctx {
@@ -224,6 +239,21 @@ fn reply_entry(reply: ReplyEntry, r: FsResult<Attr>) {
     match r {
         Ok(a) => reply.entry(&TTL, &convert::file_attr(&a), generation(&a)),
         Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+/// A LOOKUP's answer: the entry, or for a name that does not exist a
+/// negative entry (node id 0) the kernel may keep for [`TTL`], so that
+/// looking the name up again (a `stat` of a missing file, the lookup
+/// before each create) costs no round trip until a create, link or
+/// rename through the kernel replaces it. "." and ".." (file handle
+/// lookups) get the plain ENOENT.
+fn reply_lookup(reply: ReplyEntry, name: &[u8], r: FsResult<Attr>) {
+    match r {
+        Err(Errno::ENOENT) if !convert::is_dot(name) => {
+            reply.entry(&TTL, &convert::negative_attr(), Generation(0))
+        }
+        r => reply_entry(reply, r),
     }
 }
 
@@ -354,7 +384,7 @@ impl Filesystem for FuseFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
             let name = name_or_reply!(name, reply);
-            reply_entry(reply, self.fs.lookup(parent.0, name));
+            reply_lookup(reply, name, self.fs.lookup(parent.0, name));
         });
     }
 
@@ -672,8 +702,12 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered per open file here; durability is fsync's.
-        reply.ok();
+        // Nothing is buffered per open file here (durability is fsync's)
+        // and locks are the kernel's: ENOSYS tells the kernel's FUSE to
+        // send no more FLUSHes (`no_flush`), a round trip saved on every
+        // close(). With the writeback cache the kernel still writes the
+        // file back at close and reports its errors there.
+        guarded("flush", || reply.error(fuser::Errno::ENOSYS));
     }
 
     fn release(
@@ -706,7 +740,9 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Stateless: a readdir resumes from the cookie the kernel keeps.
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        guarded("opendir", || {
+            reply.opened(FileHandle(0), FopenFlags::empty())
+        });
     }
 
     fn readdir(
@@ -745,7 +781,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        guarded("releasedir", || reply.ok());
     }
 
     fn fsyncdir(

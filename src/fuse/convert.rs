@@ -142,6 +142,11 @@ pub fn dot_attr(ino: u64, kind: FileType) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: only its node id, 0, counts.
+pub fn negative_attr() -> FileAttr {
+    dot_attr(0, FileType::Regular)
+}
+
 /// Is `name` "." or ".."?
 pub fn is_dot(name: &[u8]) -> bool {
     name == b"." || name == b".."

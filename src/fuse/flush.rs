@@ -75,6 +75,24 @@ impl Flusher {
     }
 }
 
+impl Flusher {
+    /// A function that has the kernel drop its cached attributes of an
+    /// inode, later, from the `biofs-inval` thread (an attributes-only
+    /// FUSE_NOTIFY_INVAL_INODE waits for nothing): for changes the kernel
+    /// did not ask for, such as blocks given to dirty pages at writeback.
+    pub(super) fn attrs_changed(&self) -> Option<impl Fn(u64) + Send + 'static> {
+        let tx = self.later.clone()?;
+        Some(move |ino| {
+            let _ = tx.send(Deferred {
+                ino,
+                off: -1,
+                len: 0,
+                then: Box::new(|| {}),
+            });
+        })
+    }
+}
+
 /// Have the kernel drop its cached pages of `ino` in `[off, off+len)`
 /// (`len` 0: to the end), waiting for those being read.
 fn inval_pages(n: &fuser::Notifier, ino: u64, off: i64, len: i64) {

@@ -7,6 +7,7 @@
 //!   `readdir` fills its directory replies.
 //! - `acl`: POSIX ACLs (on unless `-o noacl`), the part FUSE leaves to the
 //!   filesystem (the mode kept in step, default ACLs inherited).
+//! - [`counts`]: FUSE requests by opcode, for `biofs stats`.
 //! - [`options`]: the `-o` mount options of `biofs` and mount(8).
 //! - `privs`: setuid and setgid cleared on writes, truncates, fallocate
 //!   and ACL changes, by the kernel's rules and the caller's credentials.
@@ -16,6 +17,7 @@
 mod acl;
 pub mod adapter;
 pub mod convert;
+pub mod counts;
 pub mod errno;
 mod flush;
 pub mod options;

@@ -131,6 +131,11 @@ pub fn mount(
         opts.threads,
         opts.fuse.writeback_cache,
     ));
+    // The kernel trusts attributes for an hour (adapter::TTL): block
+    // counts that change behind its back must reach it.
+    if let Some(hook) = flusher.get().and_then(Flusher::attrs_changed) {
+        fs.on_blocks_changed(hook);
+    }
     if let Err(e) = raise_readahead(mountpoint, READAHEAD_KB) {
         log::debug!("readahead of {}: {e}", mountpoint.display());
     }
