@@ -58,6 +58,81 @@ pub struct DataCtx<'a> {
     pub meta: &'a Mutex<Meta>,
     pub barrier: &'a RwLock<()>,
     pub cache: &'a PageCache,
+    /// Where asynchronous readahead goes (the `biofs-ra` threads); None:
+    /// readahead is read with the request, synchronously.
+    pub readahead: Option<&'a crossbeam_channel::Sender<RaJob>>,
+}
+
+/// A readahead window for a `biofs-ra` thread to read into the cache
+/// while the reader goes on (the kernel's asynchronous readahead).
+pub struct RaJob {
+    pub fc: std::sync::Arc<FileCache>,
+    pub ino: u64,
+    pub first: u64,
+    pub last: u64,
+    pub ioprio: IoPrio,
+}
+
+/// Where a sequential reader's readahead stands (a file's
+/// [`FileCache::ra`]): as the kernel's `file_ra_state`, with the
+/// asynchronous readahead marker at half the window ahead of the reader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaState {
+    /// The page a sequential reader reads next.
+    pub next: u64,
+    /// The window (0 after a random read).
+    pub window: u64,
+    /// The last page readahead was started for (read or being read).
+    pub ahead_to: u64,
+}
+
+/// What a read of pages `[first, last]` should read with itself and
+/// what it should start reading ahead of itself, given where readahead
+/// stands (`ra`, updated) and the file's last page `end`:
+/// `(last page to read now, window to start asynchronously)`.
+pub fn plan_readahead(
+    ra: &mut RaState,
+    first: u64,
+    last: u64,
+    end: u64,
+) -> (u64, Option<(u64, u64)>) {
+    // The kernel sends a sequential reader's requests several at a time,
+    // so they can arrive out of order: one inside what readahead started
+    // (and not far behind the reader) continues the run.
+    let within = ra.window > 0
+        && first <= ra.ahead_to.saturating_add(1)
+        && first.saturating_add(RA_MAX) >= ra.next;
+    let next = first == ra.next;
+    if !(first == 0 || next || within) {
+        // A random read: no readahead (and the next read starts over).
+        ra.next = last + 1;
+        ra.window = 0;
+        ra.ahead_to = last;
+        return (last, None);
+    }
+    ra.next = ra.next.max(last + 1);
+    if first == 0 && ra.window == 0 {
+        ra.window = RA_MIN;
+    } else if next || first == 0 {
+        ra.window = (ra.window * 2).clamp(RA_MIN, RA_MAX);
+    }
+    if ra.ahead_to < last || first == 0 && ra.ahead_to == 0 {
+        // Nothing started covers this read (the file's start, or a
+        // sequential run after a random read): read the request and a
+        // first window with it.
+        let to = (last + ra.window).min(end);
+        ra.ahead_to = to;
+        return (to, None);
+    }
+    // Inside what readahead started: past the marker (less than half a
+    // window left ahead of the reader), start the next window now.
+    if ra.ahead_to < end && ra.ahead_to - last < ra.window / 2 {
+        let from = ra.ahead_to + 1;
+        let to = (ra.ahead_to + ra.window).min(end);
+        ra.ahead_to = to;
+        return (last, Some((from, to)));
+    }
+    (last, None)
 }
 
 /// The I/O priority of task `pid`'s io_context (default for 0).
@@ -229,6 +304,25 @@ impl DataCtx<'_> {
         self.fill(fc, ino, first, last, last, ioprio)
     }
 
+    /// Read pages `[first, last]` into the cache for a `biofs-ra` thread:
+    /// those nobody has or reads; a failure is not an error of anybody's
+    /// (the pages are read again when asked for). The caller holds the
+    /// file's `rw` (shared).
+    pub fn fill_ahead(&self, job: &RaJob) {
+        if job.first == 0 || job.last < job.first {
+            return;
+        }
+        // `last` below `first`: no page is wanted, none waited for.
+        let _ = self.fill(
+            &job.fc,
+            job.ino,
+            job.first,
+            job.first - 1,
+            job.last,
+            job.ioprio,
+        );
+    }
+
     /// Read pages `missing` (which this caller marked as being read) into
     /// the cache; EIO if one inside `want` failed.
     fn read_missing(
@@ -335,7 +429,7 @@ impl DataCtx<'_> {
     /// [`DataCtx::read_into`] under the file's `rw` (shared).
     fn read_locked(
         &self,
-        fc: &FileCache,
+        fc: &std::sync::Arc<FileCache>,
         ino: u64,
         off: u64,
         size: u32,
@@ -357,21 +451,31 @@ impl DataCtx<'_> {
         let end = (off + u64::from(size)).min(fsize);
         let first = off / BLOCK_SIZE_U64;
         let last = (end - 1) / BLOCK_SIZE_U64;
-        let ra_last = {
-            // On-demand readahead: a read that continues the last one (or
-            // starts the file) grows the window; a random read gets none.
+        // On-demand readahead: a read that continues the last one (or
+        // starts the file) grows the window and, past the marker, starts
+        // the next one asynchronously; a random read gets none.
+        let (ra_last, ahead) = {
             let mut ra = lock(&fc.ra);
-            let window = if first == ra.0 && first != 0 {
-                (ra.1 * 2).clamp(RA_MIN, RA_MAX)
-            } else if first == 0 {
-                RA_MIN
-            } else {
-                0
-            };
-            *ra = (last + 1, window);
-            (last + window).min((fsize - 1) / BLOCK_SIZE_U64)
+            let end = (fsize - 1) / BLOCK_SIZE_U64;
+            let (to, ahead) = plan_readahead(&mut ra, first, last, end);
+            match (ahead, self.readahead) {
+                (Some(_), None) => (to.max(ra.ahead_to), None),
+                (a, _) => (to, a),
+            }
         };
-        self.fill(fc, ino, first, last, ra_last, ioprio_of(pid))?;
+        let ioprio = ioprio_of(pid);
+        if let (Some((from, to)), Some(tx)) = (ahead, self.readahead) {
+            // Advisory: a full queue drops it (the pages are read when
+            // asked for).
+            let _ = tx.try_send(RaJob {
+                fc: fc.clone(),
+                ino,
+                first: from,
+                last: to,
+                ioprio,
+            });
+        }
+        self.fill(fc, ino, first, last, ra_last, ioprio)?;
         let pages = lock(&fc.pages);
         out.reserve((end - off) as usize);
         for i in first..=last {
@@ -767,4 +871,72 @@ pub fn allocate_unwritten(m: &mut Meta, ino: u64, from: u64, to: u64) -> FsResul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sequential reader of 64-page requests: the first read takes a
+    /// window with it, later ones start the next window asynchronously
+    /// once less than half a window is left ahead, never a page twice,
+    /// never past the file's end; a random read stops readahead.
+    #[test]
+    fn readahead_stays_ahead_of_a_sequential_reader() {
+        let end = 100_000;
+        let mut ra = RaState::default();
+        let (to, ahead) = plan_readahead(&mut ra, 0, 63, end);
+        assert_eq!(
+            (to, ahead),
+            (63 + RA_MIN, None),
+            "first read: request and window"
+        );
+        let mut started = to;
+        let mut asyncs = 0;
+        let mut first = 64;
+        while first + 63 <= end {
+            let last = first + 63;
+            let (to, ahead) = plan_readahead(&mut ra, first, last, end);
+            if to > last {
+                // A window read with the request: only when nothing
+                // started covers the request.
+                assert!(started < last, "read {first}: reads to {to} itself");
+                started = to;
+            }
+            assert!(
+                started >= last,
+                "read {first}..{last} not covered ({started})"
+            );
+            if let Some((a, b)) = ahead {
+                assert_eq!(a, started + 1, "a window starts where the last ended");
+                assert!(b >= a && b <= end);
+                assert!(started - last < ra.window / 2 + 64);
+                started = b;
+                asyncs += 1;
+            }
+            first += 64;
+        }
+        assert_eq!(started, end, "readahead reaches the end and stops there");
+        assert!(asyncs > 10, "{asyncs} asynchronous windows");
+        assert_eq!(ra.window, RA_MAX);
+        // Requests arriving out of order inside the started region keep
+        // the run going.
+        let mut ra2 = RaState::default();
+        plan_readahead(&mut ra2, 0, 63, end);
+        plan_readahead(&mut ra2, 64, 127, end);
+        plan_readahead(&mut ra2, 192, 255, end);
+        let before = ra2;
+        let (to, _) = plan_readahead(&mut ra2, 128, 191, end);
+        assert_eq!(
+            to, 191,
+            "an earlier request inside the run reads itself only"
+        );
+        assert_eq!((ra2.window, ra2.next), (before.window, before.next));
+        // A jump elsewhere: no readahead, and the next sequential read
+        // starts a window of its own again.
+        let (to, ahead) = plan_readahead(&mut ra, 5_000, 5_063, end);
+        assert_eq!((to, ahead, ra.window), (5_063, None, 0));
+        let (to, ahead) = plan_readahead(&mut ra, 5_064, 5_127, end);
+        assert_eq!((to, ahead), (5_127 + RA_MIN, None));
+    }
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Sender};
 
 use super::atime::AtimePolicy;
-use super::data::{allocate_unwritten, ioprio_of, lock, write_lock, DataCtx, MAX_FILE_SIZE};
+use super::data::{
+    allocate_unwritten, ioprio_of, lock, read_lock, write_lock, DataCtx, RaJob, MAX_FILE_SIZE,
+};
 use super::extmap;
 use super::meta::{touch, Meta};
 use super::namei::{attr_of, SYMLINK_MODE};
@@ -55,6 +57,8 @@ struct Core {
     /// [`PageCache::over_background_limit`]); full means already asked.
     kick: (Sender<()>, crossbeam_channel::Receiver<()>),
     stopped: AtomicBool,
+    /// Readahead windows for the `biofs-ra` threads.
+    readahead: Sender<RaJob>,
     /// One remount at a time.
     remount_lock: Mutex<()>,
 }
@@ -70,6 +74,46 @@ pub struct Fs {
     atime: AtimePolicy,
 }
 
+/// Readahead windows waiting for a `biofs-ra` thread; past that a
+/// reader's window is dropped (its pages are read when asked for).
+const RA_QUEUE: usize = 64;
+/// `biofs-ra` threads: two keep two sequential readers (or one reader's
+/// window and the next) reading at once.
+const RA_THREADS: usize = 2;
+
+/// Start the `biofs-ra` threads: each reads the windows it is sent into
+/// the cache, under the file's `rw` (shared) as a read would. They hold
+/// the core weakly and end when it goes (its sender with it).
+fn spawn_readahead(
+    core: &Arc<Core>,
+    rx: crossbeam_channel::Receiver<RaJob>,
+) -> std::io::Result<()> {
+    for k in 0..RA_THREADS {
+        let (weak, rx) = (Arc::downgrade(core), rx.clone());
+        std::thread::Builder::new()
+            .name(format!("biofs-ra{k}"))
+            .spawn(move || {
+                for job in rx {
+                    let Some(c) = weak.upgrade() else { return };
+                    if c.stopped.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        {
+                            let _g = read_lock(&job.fc.rw);
+                            c.data().fill_ahead(&job);
+                        }
+                        c.cache.shrink_for(&job.fc);
+                    }));
+                    if read.is_err() {
+                        log::error!("readahead of inode {} panicked", job.ino);
+                    }
+                }
+            })?;
+    }
+    Ok(())
+}
+
 impl Core {
     fn data(&self) -> DataCtx<'_> {
         DataCtx {
@@ -78,6 +122,7 @@ impl Core {
             meta: &self.meta,
             barrier: &self.barrier,
             cache: &self.cache,
+            readahead: Some(&self.readahead),
         }
     }
 
@@ -252,6 +297,7 @@ impl Fs {
             meta.commit()
                 .map_err(|e| MountError::Refused(format!("first commit: {e}")))?;
         }
+        let (ra_tx, ra_rx) = bounded::<RaJob>(RA_QUEUE);
         let core = Arc::new(Core {
             bioset: BioSet::new("biofs-fs", 1024, 64),
             dev,
@@ -263,8 +309,10 @@ impl Fs {
             want_commit: AtomicBool::new(false),
             kick: bounded(1),
             stopped: AtomicBool::new(false),
+            readahead: ra_tx,
             remount_lock: Mutex::new(()),
         });
+        spawn_readahead(&core, ra_rx)?;
         let flusher = if opts.read_only {
             None
         } else {

@@ -52,9 +52,8 @@ pub struct FileCache {
     pub(super) pages: Mutex<PageMap>,
     /// Signalled when reads of this file's pages complete.
     pub(super) read_done: Condvar,
-    /// Readahead: the page a sequential reader reads next, and the window
-    /// (0 after a random read).
-    pub(super) ra: Mutex<(u64, u64)>,
+    /// Where readahead of the file stands.
+    pub(super) ra: Mutex<super::data::RaState>,
 }
 
 /// The page cache of a mount.
@@ -99,7 +98,7 @@ impl PageCache {
                     wb: Mutex::new(()),
                     pages: Mutex::new(PageMap::default()),
                     read_done: Condvar::new(),
-                    ra: Mutex::new((0, RA_MIN)),
+                    ra: Mutex::new(super::data::RaState::default()),
                 })
             })
             .clone()
@@ -224,8 +223,12 @@ impl PageCache {
     /// Drop `fc`'s clean pages (but those in its readahead window if
     /// `keep_window`). The caller holds `fc.rw` exclusively.
     fn evict_clean(&self, fc: &FileCache, keep_window: bool) {
-        let (next, window) = *lock(&fc.ra);
-        let ahead = next..next.saturating_add(window.max(RA_MIN) * 2);
+        let ra = *lock(&fc.ra);
+        let end = ra
+            .next
+            .saturating_add(ra.window.max(RA_MIN) * 2)
+            .max(ra.ahead_to.saturating_add(1));
+        let ahead = ra.next..end;
         let mut pages = lock(&fc.pages);
         let before = pages.len();
         pages.retain(|i, p| p.dirty || (keep_window && ahead.contains(i)));
