@@ -69,6 +69,10 @@ impl Scheduler {
     }
 
     /// Queue a request (`blk_mq_sched_insert_request()`).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
+    )]
     pub(crate) fn insert_request(&mut self, mut rq: Request, now: Instant) {
         rq.queued_at = Some(now);
         let class = rq.class.index();
@@ -79,12 +83,20 @@ impl Scheduler {
         self.fifo[class].push_back(key);
     }
 
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
+    )]
     fn deadline(&self, class: usize, key: usize) -> Option<Instant> {
         let queued = self.rqs.get(key)?.queued_at?;
         Some(queued + self.expire[class])
     }
 
     /// The class to serve next at time `now`, or `None` if nothing waits.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
+    )]
     pub(crate) fn pick(&self, now: Instant) -> Option<SchedClass> {
         let mut expired: Option<(Instant, SchedClass)> = None;
         for class in SchedClass::ALL {
@@ -107,6 +119,10 @@ impl Scheduler {
     }
 
     /// Take the next request to send to the device (`dd_dispatch_request()`).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
+    )]
     pub(crate) fn dispatch(&mut self, now: Instant) -> Option<Request> {
         let class = self.pick(now)?;
         let key = self.fifo[class.index()].pop_front()?;

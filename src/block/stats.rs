@@ -62,6 +62,10 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 impl QueueStats {
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
+    )]
     pub(crate) fn bio_submitted(&self, class: SchedClass) {
         add(&self.class[class.index()].submitted, 1);
     }
@@ -85,6 +89,10 @@ impl QueueStats {
     }
 
     /// A request went to a worker after waiting `waited` in the scheduler.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length; the size bucket is clamped below SIZE_BUCKETS"
+    )]
     pub(crate) fn dispatched(
         &self,
         op: ReqOp,
@@ -136,6 +144,10 @@ impl QueueStats {
     }
 
     /// A consistent-enough copy of every counter.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length; from_fn yields i < SIZE_BUCKETS"
+    )]
     pub fn snapshot(&self) -> StatsSnapshot {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -219,6 +231,10 @@ impl StatsSnapshot {
         self.reads + self.writes
     }
 
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
+    )]
     pub fn class(&self, class: SchedClass) -> &ClassStats {
         &self.classes[class.index()]
     }

@@ -242,7 +242,10 @@ impl FileBackend {
         let iov: Vec<IoSlice<'_>> = pages
             .iter()
             .enumerate()
-            .map(|(i, p)| IoSlice::new(&p.as_slice()[..PAGE_SIZE.min(total - i * PAGE_SIZE)]))
+            .map(|(i, p)| {
+                let n = PAGE_SIZE.min(total - i * PAGE_SIZE);
+                IoSlice::new(p.as_slice().get(..n).unwrap_or_default())
+            })
             .collect();
         sys::pwritev_full(&self.file, &iov, offset, fua)
     }
@@ -257,7 +260,10 @@ impl FileBackend {
         while pos < end {
             let n = (end - pos).min(chunk) as usize;
             let iov: Vec<IoSlice<'_>> = (0..n.div_ceil(PAGE_SIZE))
-                .map(|i| IoSlice::new(&zero.as_slice()[..PAGE_SIZE.min(n - i * PAGE_SIZE)]))
+                .map(|i| {
+                    let len = PAGE_SIZE.min(n - i * PAGE_SIZE);
+                    IoSlice::new(zero.as_slice().get(..len).unwrap_or_default())
+                })
                 .collect();
             sys::pwritev_full(&self.file, &iov, pos, false)?;
             pos += n as u64;
@@ -301,12 +307,16 @@ fn page_slices_mut(pages: &mut [Page], total: usize) -> Vec<&mut [u8]> {
             let n = left.min(PAGE_SIZE);
             left -= n;
             // Fresh bounce pages are unique, so this never copies.
-            &mut p.make_mut()[..n]
+            p.make_mut().get_mut(..n).unwrap_or_default()
         })
         .collect()
 }
 
 /// Copies `dst.len()` bytes starting at byte `pos` of the page run into `dst`.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "off < PAGE_SIZE (the page's length), n <= PAGE_SIZE - off and done + n <= dst.len()"
+)]
 fn copy_from_pages(pages: &[Page], mut pos: usize, dst: &mut [u8]) {
     let mut done = 0;
     while done < dst.len() {
@@ -320,6 +330,10 @@ fn copy_from_pages(pages: &[Page], mut pos: usize, dst: &mut [u8]) {
 }
 
 /// Copies `src` into the page run starting at byte `pos`.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "off < PAGE_SIZE (the page's length), n <= PAGE_SIZE - off and done + n <= src.len()"
+)]
 fn copy_into_pages(pages: &mut [Page], mut pos: usize, src: &[u8]) {
     let mut done = 0;
     while done < src.len() {

@@ -55,9 +55,11 @@ impl Entry {
     }
 
     fn has(&self, slots: &Range<usize>) -> bool {
-        slots
-            .clone()
-            .all(|s| self.valid[s / 64] & (1 << (s % 64)) != 0)
+        slots.clone().all(|s| {
+            self.valid
+                .get(s / 64)
+                .is_some_and(|w| w & (1 << (s % 64)) != 0)
+        })
     }
 
     fn full(&self) -> bool {
@@ -197,6 +199,10 @@ impl TupleCache {
     }
 
     /// Complete a device read of `block`: merge it under the valid slots.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "s < SLOTS: valid has SLOTS / 64 words and both pages SLOTS * TS bytes"
+    )]
     fn fill(st: &mut State, block: u64, read: io::Result<Page>) -> io::Result<()> {
         let Some(e) = st.map.get_mut(&block) else {
             return Ok(());
@@ -230,7 +236,8 @@ impl TupleCache {
         if let Some(e) = st.map.get(&block) {
             let buf = e.buf.as_slice();
             for (t, s) in out.iter_mut().zip(slots) {
-                t.0.copy_from_slice(&buf[s * TS..(s + 1) * TS]);
+                let src = buf.get(s * TS..(s + 1) * TS);
+                t.0.copy_from_slice(src.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?);
             }
         }
         st.touch(block);
@@ -238,6 +245,10 @@ impl TupleCache {
     }
 
     /// Store `tuples` at `first_slot..` of `block` and mark it dirty. No I/O.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "callers pass the pieces of TupleStore::pieces, first_slot + tuples.len() <= SLOTS"
+    )]
     pub fn update(&self, block: u64, first_slot: usize, tuples: &[Tuple]) {
         let mut st = self.lock();
         let e = match st.map.get_mut(&block) {

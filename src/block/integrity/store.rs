@@ -205,7 +205,10 @@ impl IntegrityStore {
     pub fn load(&self, first_interval: u64, out: &mut [Tuple]) -> io::Result<()> {
         self.check_range(first_interval, out.len() as u64)?;
         for (block, slot, n, at) in Self::pieces(first_interval, out.len() as u64) {
-            self.cache.load(block, slot, &mut out[at..at + n])?;
+            let out = out
+                .get_mut(at..at + n)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            self.cache.load(block, slot, out)?;
         }
         self.cache.shrink();
         Ok(())
@@ -254,7 +257,9 @@ impl IntegrityStore {
         });
         if let Some(tuples) = tuples {
             for (block, slot, n, at) in Self::pieces(first_interval, count) {
-                self.cache.update(block, slot, &tuples[at..at + n]);
+                if let Some(piece) = tuples.get(at..at + n) {
+                    self.cache.update(block, slot, piece);
+                }
             }
         }
         self.log.end(r0, r1, tuples.is_none());
@@ -284,7 +289,8 @@ impl IntegrityStore {
         let zeros = [Tuple::UNWRITTEN; TUPLES_PER_BLOCK as usize];
         for (block, slot, n, _) in Self::pieces(first_interval, count) {
             if !full.contains(&block) {
-                self.cache.update(block, slot, &zeros[..n]);
+                self.cache
+                    .update(block, slot, zeros.get(..n).unwrap_or(&zeros));
             }
         }
         self.log.end(r0, r1, res.is_err());
@@ -389,6 +395,10 @@ fn recover(backend: &dyn BlockBackend, l: &IntegrityLayout) -> Result<u64, Integ
 
 /// Rewrite region `region`'s tuple block from the data now on the device
 /// (not flushed). Counterpart of dm-integrity's `integrity_recalc()`.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "i < n <= TUPLES_PER_BLOCK: the pages hold n << shift bytes and tb, one META_BLOCK, n tuples"
+)]
 fn recompute_region(
     backend: &dyn BlockBackend,
     l: &IntegrityLayout,
