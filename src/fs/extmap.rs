@@ -79,20 +79,20 @@ pub fn insert(map: &mut Vec<Extent>, new: Extent) {
 
 /// Merge extent `i` with its neighbours where they are contiguous in both
 /// logical and physical blocks, of the same kind, and fit one extent.
-#[allow(
-    clippy::indexing_slicing,
-    reason = "i is the index of the extent just inserted (< len); i - 1 and i + 1 are checked first"
-)]
 fn merge_around(map: &mut Vec<Extent>, i: usize) {
     let mut i = i;
-    if i > 0 && can_merge(&map[i - 1], &map[i]) {
-        map[i - 1].len += map[i].len;
-        map.remove(i);
-        i -= 1;
+    if let Some([prev, cur]) = i.checked_sub(1).and_then(|p| map.get_mut(p..=i)) {
+        if can_merge(prev, cur) {
+            prev.len += cur.len;
+            map.remove(i);
+            i -= 1;
+        }
     }
-    if i + 1 < map.len() && can_merge(&map[i], &map[i + 1]) {
-        map[i].len += map[i + 1].len;
-        map.remove(i + 1);
+    if let Some([cur, next]) = map.get_mut(i..i + 2) {
+        if can_merge(cur, next) {
+            cur.len += next.len;
+            map.remove(i + 1);
+        }
     }
 }
 

@@ -496,10 +496,6 @@ fn byte_at<'a>(bufs: &'a mut [IoSliceMut<'_>], mut pos: u64) -> Option<&'a mut u
 }
 
 /// Copies `src` (or `len` zeroes when `None`) into a scatter list at `pos`.
-#[allow(
-    clippy::indexing_slicing,
-    reason = "off < buf.len() and n <= buf.len() - off; src holds len bytes and done + n <= len"
-)]
 fn scatter(bufs: &mut [IoSliceMut<'_>], pos: u64, len: usize, src: Option<&[u8]>) {
     let mut base = 0u64;
     let mut done = 0usize;
@@ -509,9 +505,13 @@ fn scatter(bufs: &mut [IoSliceMut<'_>], pos: u64, len: usize, src: Option<&[u8]>
         if done < len && at < base + blen {
             let off = (at - base) as usize;
             let n = (buf.len() - off).min(len - done);
-            match src {
-                Some(s) => buf[off..off + n].copy_from_slice(&s[done..done + n]),
-                None => buf[off..off + n].fill(0),
+            let Some(dst) = buf.get_mut(off..off + n) else {
+                return;
+            };
+            match src.map(|s| s.get(done..done + n)) {
+                Some(Some(s)) => dst.copy_from_slice(s),
+                Some(None) => return,
+                None => dst.fill(0),
             }
             done += n;
         }

@@ -313,27 +313,23 @@ fn page_slices_mut(pages: &mut [Page], total: usize) -> Vec<&mut [u8]> {
 }
 
 /// Copies `dst.len()` bytes starting at byte `pos` of the page run into `dst`.
-#[allow(
-    clippy::indexing_slicing,
-    reason = "off < PAGE_SIZE (the page's length), n <= PAGE_SIZE - off and done + n <= dst.len()"
-)]
 fn copy_from_pages(pages: &[Page], mut pos: usize, dst: &mut [u8]) {
     let mut done = 0;
     while done < dst.len() {
         let (idx, off) = (pos / PAGE_SIZE, pos % PAGE_SIZE);
         let Some(page) = pages.get(idx) else { return };
         let n = (PAGE_SIZE - off).min(dst.len() - done);
-        dst[done..done + n].copy_from_slice(&page.as_slice()[off..off + n]);
+        let to = dst.get_mut(done..done + n);
+        let Some((to, from)) = to.zip(page.as_slice().get(off..off + n)) else {
+            return;
+        };
+        to.copy_from_slice(from);
         done += n;
         pos += n;
     }
 }
 
 /// Copies `src` into the page run starting at byte `pos`.
-#[allow(
-    clippy::indexing_slicing,
-    reason = "off < PAGE_SIZE (the page's length), n <= PAGE_SIZE - off and done + n <= src.len()"
-)]
 fn copy_into_pages(pages: &mut [Page], mut pos: usize, src: &[u8]) {
     let mut done = 0;
     while done < src.len() {
@@ -342,7 +338,11 @@ fn copy_into_pages(pages: &mut [Page], mut pos: usize, src: &[u8]) {
             return;
         };
         let n = (PAGE_SIZE - off).min(src.len() - done);
-        page.make_mut()[off..off + n].copy_from_slice(&src[done..done + n]);
+        let to = page.make_mut().get_mut(off..off + n);
+        let Some((to, from)) = to.zip(src.get(done..done + n)) else {
+            return;
+        };
+        to.copy_from_slice(from);
         done += n;
         pos += n;
     }

@@ -199,10 +199,6 @@ impl TupleCache {
     }
 
     /// Complete a device read of `block`: merge it under the valid slots.
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "s < SLOTS: valid has SLOTS / 64 words and both pages SLOTS * TS bytes"
-    )]
     fn fill(st: &mut State, block: u64, read: io::Result<Page>) -> io::Result<()> {
         let Some(e) = st.map.get_mut(&block) else {
             return Ok(());
@@ -211,9 +207,13 @@ impl TupleCache {
         match read {
             Ok(page) => {
                 let (buf, dev) = (e.buf.make_mut(), page.as_slice());
-                for s in 0..SLOTS {
-                    if e.valid[s / 64] & (1 << (s % 64)) == 0 {
-                        buf[s * TS..(s + 1) * TS].copy_from_slice(&dev[s * TS..(s + 1) * TS]);
+                let slots = buf.chunks_exact_mut(TS).zip(dev.chunks_exact(TS));
+                for (s, (mine, read)) in slots.enumerate().take(SLOTS) {
+                    if e.valid
+                        .get(s / 64)
+                        .is_some_and(|w| w & (1 << (s % 64)) == 0)
+                    {
+                        mine.copy_from_slice(read);
                     }
                 }
                 e.valid = ALL_VALID;
@@ -245,10 +245,6 @@ impl TupleCache {
     }
 
     /// Store `tuples` at `first_slot..` of `block` and mark it dirty. No I/O.
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "callers pass the pieces of TupleStore::pieces, first_slot + tuples.len() <= SLOTS"
-    )]
     pub fn update(&self, block: u64, first_slot: usize, tuples: &[Tuple]) {
         let mut st = self.lock();
         let e = match st.map.get_mut(&block) {
@@ -256,10 +252,14 @@ impl TupleCache {
             None => st.insert_new(block),
         };
         let buf = e.buf.make_mut();
-        for (i, t) in tuples.iter().enumerate() {
-            let s = first_slot + i;
-            buf[s * TS..(s + 1) * TS].copy_from_slice(&t.0);
-            e.valid[s / 64] |= 1 << (s % 64);
+        // (Callers pass pieces of one block: every slot is below SLOTS.)
+        for (s, t) in (first_slot..).zip(tuples) {
+            if let (Some(dst), Some(w)) =
+                (buf.get_mut(s * TS..(s + 1) * TS), e.valid.get_mut(s / 64))
+            {
+                dst.copy_from_slice(&t.0);
+                *w |= 1 << (s % 64);
+            }
         }
         e.dirty = true;
         e.version += 1;

@@ -395,10 +395,6 @@ fn recover(backend: &dyn BlockBackend, l: &IntegrityLayout) -> Result<u64, Integ
 
 /// Rewrite region `region`'s tuple block from the data now on the device
 /// (not flushed). Counterpart of dm-integrity's `integrity_recalc()`.
-#[allow(
-    clippy::indexing_slicing,
-    reason = "i < n <= TUPLES_PER_BLOCK: the pages hold n << shift bytes and tb, one META_BLOCK, n tuples"
-)]
 fn recompute_region(
     backend: &dyn BlockBackend,
     l: &IntegrityLayout,
@@ -424,14 +420,17 @@ fn recompute_region(
     let mut block = Page::new();
     let tb = block.make_mut();
     let size = profile.interval_size();
-    for i in 0..n as usize {
+    for (i, slot) in tb.chunks_exact_mut(8).take(n as usize).enumerate() {
         let (page, at) = (
             (i << shift) / META_BLOCK as usize,
             (i << shift) % META_BLOCK as usize,
         );
-        let data = &pages[page].as_slice()[at..at + size];
+        let data = pages
+            .get(page)
+            .and_then(|p| p.as_slice().get(at..at + size))
+            .ok_or_else(|| io::Error::other("recompute: interval outside the data read"))?;
         let t = profile.generate(first + i as u64, data);
-        tb[i * 8..i * 8 + 8].copy_from_slice(&t.0);
+        slot.copy_from_slice(&t.0);
     }
     let toff = l.tuple_block_offset(region);
     backend
