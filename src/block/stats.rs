@@ -62,12 +62,8 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 impl QueueStats {
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
-    )]
     pub(crate) fn bio_submitted(&self, class: SchedClass) {
-        add(&self.class[class.index()].submitted, 1);
+        add(&class.of(&self.class).submitted, 1);
     }
 
     pub(crate) fn bios_completed(&self, n: u64) {
@@ -89,10 +85,6 @@ impl QueueStats {
     }
 
     /// A request went to a worker after waiting `waited` in the scheduler.
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length; the size bucket is clamped below SIZE_BUCKETS"
-    )]
     pub(crate) fn dispatched(
         &self,
         op: ReqOp,
@@ -101,7 +93,7 @@ impl QueueStats {
         bytes: u64,
         waited: Duration,
     ) {
-        let pc = &self.class[class.index()];
+        let pc = class.of(&self.class);
         add(&pc.dispatched, 1);
         add(&pc.dispatched_bytes, bytes);
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
@@ -123,7 +115,12 @@ impl QueueStats {
         if op.has_data() {
             let kib4 = bytes.div_ceil(4096).max(1);
             let bucket = (64 - (kib4 - 1).leading_zeros()) as usize;
-            add(&self.size_hist[bucket.min(SIZE_BUCKETS - 1)], 1);
+            add(
+                self.size_hist
+                    .get(bucket)
+                    .unwrap_or(&self.size_hist[SIZE_BUCKETS - 1]),
+                1,
+            );
         }
         if flags.contains(ReqFlags::PREFLUSH) {
             add(&self.preflushes, 1);
@@ -144,15 +141,11 @@ impl QueueStats {
     }
 
     /// A consistent-enough copy of every counter.
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length; from_fn yields i < SIZE_BUCKETS"
-    )]
     pub fn snapshot(&self) -> StatsSnapshot {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             classes: SchedClass::ALL.map(|c| {
-                let pc = &self.class[c.index()];
+                let pc = c.of(&self.class);
                 ClassStats {
                     class: c,
                     submitted: l(&pc.submitted),
@@ -167,7 +160,7 @@ impl QueueStats {
             merges_back: l(&self.merges_back),
             merges_front: l(&self.merges_front),
             merge_hint_hits: l(&self.merge_hint_hits),
-            size_hist: std::array::from_fn(|i| l(&self.size_hist[i])),
+            size_hist: self.size_hist.each_ref().map(l),
             reads: l(&self.reads),
             writes: l(&self.writes),
             bytes_read: l(&self.bytes_read),
@@ -231,12 +224,8 @@ impl StatsSnapshot {
         self.reads + self.writes
     }
 
-    #[allow(
-        clippy::indexing_slicing,
-        reason = "SchedClass::index() is the discriminant of a 3-variant enum, the arrays' length"
-    )]
     pub fn class(&self, class: SchedClass) -> &ClassStats {
-        &self.classes[class.index()]
+        class.of(&self.classes)
     }
 
     /// The counters as one JSON object.

@@ -24,20 +24,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// "0123abcd-..." for a UUID.
-#[allow(
-    clippy::indexing_slicing,
-    reason = "h holds one string per byte of the 16-byte array, so every range is inside it"
-)]
 pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
+    let mut s = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// Parse a UUID in its usual 8-4-4-4-12 hex form.
