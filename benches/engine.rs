@@ -17,6 +17,14 @@
 //!
 //! `scripts/bench engine` runs this beside `fio` and prints the ratios.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "benchmark code (with its shared helpers), where a panic is a failed benchmark"
+)]
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;

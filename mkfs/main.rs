@@ -142,16 +142,19 @@ fn signature(backend: &dyn BlockBackend) -> Option<String> {
         return None;
     }
     let mut buf = biofs::block::Page::new();
-    for off in (0..n).step_by(BLOCK_SIZE) {
+    let blocks = head
+        .chunks_exact_mut(BLOCK_SIZE)
+        .take(n.div_ceil(BLOCK_SIZE));
+    for (off, block) in (0..).step_by(BLOCK_SIZE).zip(blocks) {
         let slice = buf.make_mut();
         let mut iov = [std::io::IoSliceMut::new(slice)];
         if backend.read_at(&mut iov, off as u64).is_err() {
             return None;
         }
-        head[off..off + BLOCK_SIZE].copy_from_slice(buf.as_slice());
+        block.copy_from_slice(buf.as_slice());
     }
-    if head[..8] == superblock::MAGIC {
-        if let Ok(sb) = superblock::Superblock::decode(&head[..BLOCK_SIZE], 0) {
+    if head.starts_with(&superblock::MAGIC) {
+        if let Ok(sb) = superblock::Superblock::decode(&head, 0) {
             let label = if sb.label.is_empty() {
                 String::new()
             } else {
@@ -164,13 +167,13 @@ fn signature(backend: &dyn BlockBackend) -> Option<String> {
         }
         return Some("a (damaged) biofs filesystem".into());
     }
-    if n > 1082 && head[1080] == 0x53 && head[1081] == 0xEF {
+    if n > 1082 && head.get(1080..1082) == Some(&[0x53, 0xEF][..]) {
         return Some("an ext2/ext3/ext4 filesystem".into());
     }
-    if &head[..4] == b"XFSB" {
+    if head.starts_with(b"XFSB") {
         return Some("an XFS filesystem".into());
     }
-    if n >= 65536 + 72 && &head[65536 + 64..65536 + 72] == b"_BHRfS_M" {
+    if n >= 65536 + 72 && head.get(65536 + 64..65536 + 72) == Some(&b"_BHRfS_M"[..]) {
         return Some("a Btrfs filesystem".into());
     }
     None

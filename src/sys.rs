@@ -168,11 +168,16 @@ pub fn pwritev_full<Fd: AsFd>(
 }
 
 fn advance_mut(bufs: &mut Vec<&mut [u8]>, n: usize) {
-    advance(bufs, n, |b| b.len(), |b, k| &mut b[k..]);
+    advance(
+        bufs,
+        n,
+        |b| b.len(),
+        |b, k| b.get_mut(k..).unwrap_or_default(),
+    );
 }
 
 fn advance_ref(bufs: &mut Vec<&[u8]>, n: usize) {
-    advance(bufs, n, |b| b.len(), |b, k| &b[k..]);
+    advance(bufs, n, |b| b.len(), |b, k| b.get(k..).unwrap_or_default());
 }
 
 /// One `pwritev` (or `pwritev2(RWF_DSYNC)`), `EINTR` retried.
@@ -528,15 +533,9 @@ pub fn flock_exclusive_nonblock<Fd: AsFd>(fd: Fd) -> io::Result<()> {
 /// Fill `buf` with random bytes from the kernel (`getrandom(2)`).
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
-    while done < buf.len() {
+    while let Some(tail) = buf.get_mut(done..).filter(|t| !t.is_empty()) {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n = unsafe {
-            libc::getrandom(
-                buf[done..].as_mut_ptr().cast::<libc::c_void>(),
-                buf.len() - done,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(tail.as_mut_ptr().cast::<libc::c_void>(), tail.len(), 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -896,8 +895,10 @@ pub fn loop_attach(image: &Path, read_only: bool) -> io::Result<(std::path::Path
         let mut name = [0u8; LO_NAME_SIZE];
         let full = std::path::absolute(image).unwrap_or_else(|_| image.to_path_buf());
         let bytes = full.as_os_str().as_encoded_bytes();
-        let len = bytes.len().min(LO_NAME_SIZE - 1);
-        name[..len].copy_from_slice(&bytes[..len]);
+        // At most LO_NAME_SIZE - 1 bytes: the last stays NUL.
+        for (d, s) in name.iter_mut().zip(bytes).take(LO_NAME_SIZE - 1) {
+            *d = *s;
+        }
         let cfg = LoopConfig {
             fd: backing.as_raw_fd() as u32,
             block_size: 0,

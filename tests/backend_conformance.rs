@@ -6,6 +6,14 @@
 //! Each case is written once as a function over a [`Dev`]; the
 //! `conformance!` macro instantiates every case for one factory.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::any::Any;

@@ -3,6 +3,14 @@
 //! foreground and from the daemon (whose parent prints what the child
 //! reports). Mounting itself is tested where the filesystem core is.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::path::Path;
 use std::process::Command;
 

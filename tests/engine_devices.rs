@@ -1,6 +1,14 @@
 //! The whole engine (queue, plug, merge, integrity, workers) on real
 //! devices: an O_DIRECT image file and a loop block device.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::Arc;

@@ -3,6 +3,14 @@
 //! sector, never data handed back as good; crashes never leave a torn write
 //! reading as a protection error.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::Arc;

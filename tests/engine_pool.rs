@@ -1,6 +1,14 @@
 //! Bio sets under pressure: forward progress with the rescuer, the
 //! deadlock without it, and the never-fails builder.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,14 @@
 //! The queue end to end over a recording backend: submission, splitting to
 //! limits, plugging and merging, flush/FUA semantics, errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

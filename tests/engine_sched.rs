@@ -2,6 +2,14 @@
 //! starves, and `ionice -c3` on a process using the engine reaches the
 //! scheduler.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

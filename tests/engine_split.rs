@@ -1,6 +1,14 @@
 //! Splitting is exact: for random bios and random valid limits, no request
 //! the device sees breaks a limit, and the data round-trips.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,14 @@
 //! FaultBackend: every fault mode, and every crash mode checked against an
 //! independent per-sector model of what must survive.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

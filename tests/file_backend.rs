@@ -2,6 +2,14 @@
 //! creation, persistence, read-only mode, the O_DIRECT modes and their
 //! fallback warning, hole punching, and errno propagation.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

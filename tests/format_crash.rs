@@ -7,6 +7,14 @@
 //! fsck) to a filesystem fsck finds consistent, with each transaction
 //! either wholly there or wholly absent, and no integrity error.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use biofs::format::bitmap;
 use biofs::format::builder::{Builder, ROOT};
 use biofs::format::dev::Dev;

@@ -1,6 +1,14 @@
 //! Directories stay fast at a million entries: the hashed B-tree is two
 //! levels deep, and a lookup reads one block per level.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::sync::Arc;
 
 use biofs::block::backend::MemBackend;

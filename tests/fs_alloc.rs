@@ -4,6 +4,14 @@
 //! and counts that decode and add up, and, once everything is freed again,
 //! a filesystem fsck finds nothing wrong with.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::collections::HashSet;
 use std::sync::Arc;
 

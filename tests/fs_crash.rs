@@ -9,6 +9,14 @@
 //! - no file shows bytes that are neither zeros nor its own data (no stale
 //!   or foreign blocks), and no read fails its integrity check.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::sync::Arc;
 
 use biofs::block::backend::BlockBackend;

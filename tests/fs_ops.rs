@@ -2,6 +2,14 @@
 //! and data operations checked against a model, through unmount and
 //! mount, ending with a forced fsck that finds nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

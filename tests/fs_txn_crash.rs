@@ -6,6 +6,14 @@
 //! one transaction's value, no older than the last commit that returned
 //! before the crash, and fsck must find nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::sync::Arc;
 
 use biofs::format::dev::Dev;

@@ -1,6 +1,14 @@
 //! mkfs.biofs and fsck.biofs on populated images: a clean image checks
 //! clean, read-only and forced.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use common::fsimage::*;

@@ -8,6 +8,14 @@
 //! metadata* rewrites a structure through the engine with a valid tuple,
 //! so only the structure's own checksum or its consistency catches it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::collections::HashSet;

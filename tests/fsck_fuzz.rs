@@ -8,6 +8,14 @@
 //! `BIOFS_FSCK_FUZZ_SEED` the seed (printed), `BIOFS_FSCK_FUZZ_ONLY` one
 //! image to rerun, `BIOFS_FSCK_FUZZ_VERBOSE` prints what fsck said.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::path::Path;

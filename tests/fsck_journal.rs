@@ -2,6 +2,14 @@
 //! only, read through), revoked blocks are not, torn transactions are
 //! ignored; the orphan list is freed. None of these are errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::path::Path;

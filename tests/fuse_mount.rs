@@ -6,6 +6,14 @@
 //!
 //! Needs root and /dev/fuse; skips with a printed reason without them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};

@@ -29,6 +29,14 @@
 //! BIOFS_FUZZ_ITERS=1` reruns case `i` alone, each case has its own PRNG).
 //! `docs/testing.md` has the commands for long runs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use common::rng::Rng;

@@ -4,6 +4,14 @@
 //! hang, and no repair that leaves a file unreadable. The long run is
 //! `biofs-fuzz --seconds 3600` (docs/testing.md, "Fuzzing images").
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::process::Command;
 
 #[test]

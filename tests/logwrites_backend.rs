@@ -2,6 +2,14 @@
 //! prefix (or a flush point plus any subset of the later writes) gives the
 //! image an independent model gives.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::io::IoSlice;

@@ -2,6 +2,14 @@
 //! (holes too), modes, owners, nanosecond times, hard links, symlinks,
 //! fifos, device nodes and xattrs; fsck finds the image clean.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::fs::{self, File, FileTimes};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, PermissionsExt};

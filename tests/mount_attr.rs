@@ -8,6 +8,14 @@
 //! `BIOFS_TEST_DIR` to run them against a directory of another filesystem
 //! (and `BIOFS_TEST_SMALL_DIR` for the tests that need a small one).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::fs::{self, File, OpenOptions};

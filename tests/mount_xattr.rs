@@ -6,6 +6,14 @@
 //! Each test mounts its own image (tests/common/mount.rs); set
 //! `BIOFS_TEST_DIR` to run them against a directory of another filesystem.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 mod common;
 
 use std::fs;

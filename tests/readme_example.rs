@@ -1,5 +1,13 @@
 //! The README's "Using the engine" example, run as written (in a temp dir).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code (with its shared helpers), where a panic is a failed test"
+)]
+
 use std::sync::Arc;
 
 use biofs::block::backend::{FileBackend, FileOptions};

@@ -102,9 +102,10 @@ fn walk_intervals(bio: &Bio, interval_size: usize, mut f: impl FnMut(usize, &[&[
         let mut data = seg.as_slice();
         while !data.is_empty() {
             let take = (interval_size - have).min(data.len());
-            pieces.push(&data[..take]);
+            let (piece, rest) = data.split_at_checked(take).unwrap_or((data, &[]));
+            pieces.push(piece);
             have += take;
-            data = &data[take..];
+            data = rest;
             if have == interval_size {
                 if !f(index, &pieces) {
                     return;

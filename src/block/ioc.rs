@@ -132,6 +132,27 @@ impl SchedClass {
         self as usize
     }
 
+    /// This class's entry of a per-class array (by pattern: no bounds
+    /// check that could fail).
+    pub fn of<T>(self, per_class: &[T; 3]) -> &T {
+        let [rt, be, idle] = per_class;
+        match self {
+            SchedClass::Rt => rt,
+            SchedClass::Be => be,
+            SchedClass::Idle => idle,
+        }
+    }
+
+    /// [`SchedClass::of`], mutably.
+    pub fn of_mut<T>(self, per_class: &mut [T; 3]) -> &mut T {
+        let [rt, be, idle] = per_class;
+        match self {
+            SchedClass::Rt => rt,
+            SchedClass::Be => be,
+            SchedClass::Idle => idle,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SchedClass::Rt => "rt",

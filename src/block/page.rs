@@ -266,6 +266,10 @@ impl Page {
     }
 
     /// A new page holding `data` (at most [`PAGE_SIZE`] bytes) at its start.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "n <= data.len() and n <= PAGE_SIZE, the length of b"
+    )]
     pub fn from_slice(data: &[u8]) -> Page {
         let mut buf = PageBuf::recycled();
         let n = data.len().min(PAGE_SIZE);

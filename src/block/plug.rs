@@ -106,6 +106,10 @@ pub(crate) fn plug_bio(q: &Arc<QueueInner>, bio: Bio) -> Option<Bio> {
             }
         };
         let sync = bio.flags.contains(ReqFlags::SYNC);
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "pos is the position just found, or the index of the list just pushed"
+        )]
         let list = &mut st.lists[pos].1;
         let (merged, mut full) = list.add(bio, &q.limits, PLUG_MAX_REQUESTS);
         if let Some(MergeOutcome::Merged { kind, hint_hit }) = merged {

@@ -83,6 +83,10 @@ impl RangeLocks {
             exclusive,
         };
         for i in Self::shards_of(start, end) {
+            #[allow(
+                clippy::indexing_slicing,
+                reason = "shards_of yields indices below SHARDS, the length of shards"
+            )]
             let shard = &self.shards[i];
             let mut held = shard.held.lock().unwrap_or_else(|e| e.into_inner());
             while held
@@ -111,6 +115,10 @@ impl RangeLocks {
         };
         let shards: Vec<usize> = Self::shards_of(start, end).collect();
         for (k, &i) in shards.iter().enumerate() {
+            #[allow(
+                clippy::indexing_slicing,
+                reason = "shards_of yields indices below SHARDS, the length of shards"
+            )]
             let mut held = self.shards[i]
                 .held
                 .lock()
@@ -120,7 +128,7 @@ impl RangeLocks {
                 .any(|h| h.start < end && start < h.end && (h.exclusive || exclusive))
             {
                 drop(held);
-                self.release(range, shards[..k].iter().copied());
+                self.release(range, shards.iter().take(k).copied());
                 return None;
             }
             held.push(range);
@@ -140,6 +148,10 @@ impl RangeLocks {
     /// Stop holding `r` in `shards`, waking whoever waits there.
     fn release(&self, r: Held, shards: impl Iterator<Item = usize>) {
         for i in shards {
+            #[allow(
+                clippy::indexing_slicing,
+                reason = "shards_of yields indices below SHARDS, the length of shards"
+            )]
             let shard = &self.shards[i];
             let mut held = shard.held.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(pos) = held.iter().position(|h| *h == r) {

@@ -71,27 +71,27 @@ impl Scheduler {
     /// Queue a request (`blk_mq_sched_insert_request()`).
     pub(crate) fn insert_request(&mut self, mut rq: Request, now: Instant) {
         rq.queued_at = Some(now);
-        let class = rq.class.index();
+        let class = rq.class;
         let key = self.rqs.insert(rq);
         if let Some(rq) = self.rqs.get(key) {
             self.index.add(key, rq);
         }
-        self.fifo[class].push_back(key);
+        class.of_mut(&mut self.fifo).push_back(key);
     }
 
-    fn deadline(&self, class: usize, key: usize) -> Option<Instant> {
+    fn deadline(&self, class: SchedClass, key: usize) -> Option<Instant> {
         let queued = self.rqs.get(key)?.queued_at?;
-        Some(queued + self.expire[class])
+        Some(queued + *class.of(&self.expire))
     }
 
     /// The class to serve next at time `now`, or `None` if nothing waits.
     pub(crate) fn pick(&self, now: Instant) -> Option<SchedClass> {
         let mut expired: Option<(Instant, SchedClass)> = None;
         for class in SchedClass::ALL {
-            let Some(&key) = self.fifo[class.index()].front() else {
+            let Some(&key) = class.of(&self.fifo).front() else {
                 continue;
             };
-            let Some(dl) = self.deadline(class.index(), key) else {
+            let Some(dl) = self.deadline(class, key) else {
                 continue;
             };
             if dl <= now && expired.is_none_or(|(best, _)| dl < best) {
@@ -103,13 +103,13 @@ impl Scheduler {
         }
         SchedClass::ALL
             .into_iter()
-            .find(|c| !self.fifo[c.index()].is_empty())
+            .find(|c| !c.of(&self.fifo).is_empty())
     }
 
     /// Take the next request to send to the device (`dd_dispatch_request()`).
     pub(crate) fn dispatch(&mut self, now: Instant) -> Option<Request> {
         let class = self.pick(now)?;
-        let key = self.fifo[class.index()].pop_front()?;
+        let key = class.of_mut(&mut self.fifo).pop_front()?;
         if !self.rqs.contains(key) {
             return None;
         }

@@ -63,7 +63,7 @@ fn add(c: &AtomicU64, n: u64) {
 
 impl QueueStats {
     pub(crate) fn bio_submitted(&self, class: SchedClass) {
-        add(&self.class[class.index()].submitted, 1);
+        add(&class.of(&self.class).submitted, 1);
     }
 
     pub(crate) fn bios_completed(&self, n: u64) {
@@ -93,7 +93,7 @@ impl QueueStats {
         bytes: u64,
         waited: Duration,
     ) {
-        let pc = &self.class[class.index()];
+        let pc = class.of(&self.class);
         add(&pc.dispatched, 1);
         add(&pc.dispatched_bytes, bytes);
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
@@ -115,7 +115,12 @@ impl QueueStats {
         if op.has_data() {
             let kib4 = bytes.div_ceil(4096).max(1);
             let bucket = (64 - (kib4 - 1).leading_zeros()) as usize;
-            add(&self.size_hist[bucket.min(SIZE_BUCKETS - 1)], 1);
+            add(
+                self.size_hist
+                    .get(bucket)
+                    .unwrap_or(&self.size_hist[SIZE_BUCKETS - 1]),
+                1,
+            );
         }
         if flags.contains(ReqFlags::PREFLUSH) {
             add(&self.preflushes, 1);
@@ -140,7 +145,7 @@ impl QueueStats {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             classes: SchedClass::ALL.map(|c| {
-                let pc = &self.class[c.index()];
+                let pc = c.of(&self.class);
                 ClassStats {
                     class: c,
                     submitted: l(&pc.submitted),
@@ -155,7 +160,7 @@ impl QueueStats {
             merges_back: l(&self.merges_back),
             merges_front: l(&self.merges_front),
             merge_hint_hits: l(&self.merge_hint_hits),
-            size_hist: std::array::from_fn(|i| l(&self.size_hist[i])),
+            size_hist: self.size_hist.each_ref().map(l),
             reads: l(&self.reads),
             writes: l(&self.writes),
             bytes_read: l(&self.bytes_read),
@@ -220,7 +225,7 @@ impl StatsSnapshot {
     }
 
     pub fn class(&self, class: SchedClass) -> &ClassStats {
-        &self.classes[class.index()]
+        class.of(&self.classes)
     }
 
     /// The counters as one JSON object.

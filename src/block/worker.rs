@@ -158,7 +158,7 @@ impl QueueInner {
             .collect();
         for (i, &(first, n)) in ranges.iter().enumerate() {
             if let Err(e) = store.begin_write(first, n) {
-                for &(f, n) in &ranges[..i] {
+                for &(f, n) in ranges.iter().take(i) {
                     store.end_write(f, n, None);
                 }
                 return Err(e);

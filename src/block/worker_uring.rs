@@ -94,6 +94,10 @@ pub(crate) fn uring_worker_loop(
             let (offset, write) = (rq.sector.to_bytes(), rq.op == ReqOp::Write);
             let dsync = write && rq.flags.contains(super::types::ReqFlags::FUA);
             let bytes = rq.bytes();
+            #[allow(
+                clippy::indexing_slicing,
+                reason = "free holds only indices of slots, each once"
+            )]
             let slot = slots[idx].insert(InFlight {
                 rq,
                 ctx,
@@ -110,7 +114,9 @@ pub(crate) fn uring_worker_loop(
                 unsafe { ring.push_rw(dev.fd, &slot.iov, offset, write, dsync, idx as u64) };
             if !queued {
                 // Cannot happen with a ring of `depth` entries; do it inline.
-                if let Some(InFlight { mut rq, ctx, .. }) = slots[idx].take() {
+                if let Some(InFlight { mut rq, ctx, .. }) =
+                    slots.get_mut(idx).and_then(Option::take)
+                {
                     free.push(idx);
                     let result = q.post_io_after_sync(&mut rq, ctx);
                     finish_request(q, rq, result, verify_tx);

@@ -43,7 +43,7 @@ pub fn find_free_run(map: &[u8], from: usize, limit: usize, want: usize) -> Opti
     let mut i = from;
     while i < limit {
         // Skip full bytes quickly.
-        if i % 8 == 0 && map[i / 8] == 0xff {
+        if i % 8 == 0 && map.get(i / 8) == Some(&0xff) {
             i += 8;
             continue;
         }
@@ -53,7 +53,7 @@ pub fn find_free_run(map: &[u8], from: usize, limit: usize, want: usize) -> Opti
         }
         let start = i;
         while i < limit && !test(map, i) {
-            if i % 8 == 0 && i + 8 <= limit && map[i / 8] == 0 {
+            if i % 8 == 0 && i + 8 <= limit && map.get(i / 8) == Some(&0) {
                 i += 8;
             } else {
                 i += 1;

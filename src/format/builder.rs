@@ -186,8 +186,8 @@ impl<'d> Builder<'d> {
                 self.used_blocks.remove(&b);
                 b = self.alloc_block()?;
             }
-            let mut buf = vec![0u8; BLOCK_SIZE];
-            buf[..chunk.len()].copy_from_slice(chunk);
+            let mut buf = chunk.to_vec();
+            buf.resize(BLOCK_SIZE, 0);
             self.img.write("data block", b, &buf)?;
             let logical = first + i as u64;
             match extents.last_mut() {

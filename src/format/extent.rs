@@ -225,16 +225,20 @@ impl ExtentNode {
     }
 
     /// Encode as an inode's inline root (`INLINE_EXTENT_BYTES`).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "the caller passes the inode's inline area, INLINE_DATA >= INLINE_EXTENT_BYTES by layout"
+    )]
     pub fn encode_inline(&self, out: &mut [u8]) {
         let max = ExtentNode::capacity(self.depth() == 0, true);
         self.encode_entries(&mut out[..INLINE_EXTENT_BYTES], INLINE_HDR, max);
     }
 
     pub fn decode_inline(raw: &[u8]) -> Result<ExtentNode> {
-        if raw.len() < INLINE_EXTENT_BYTES {
+        let Some(raw) = raw.get(..INLINE_EXTENT_BYTES) else {
             return Err(FormatError::invalid("extent root", "short"));
-        }
-        ExtentNode::decode_entries(&raw[..INLINE_EXTENT_BYTES], INLINE_HDR, true)
+        };
+        ExtentNode::decode_entries(raw, INLINE_HDR, true)
     }
 
     /// Encode as node block `block` of inode `owner`.
@@ -250,9 +254,9 @@ impl ExtentNode {
 
     /// Decode node block `block`, which must belong to inode `owner`.
     pub fn decode_block(seed: u32, block: u64, owner: u64, raw: &[u8]) -> Result<ExtentNode> {
-        if raw.len() < BLOCK_SIZE {
+        let Some(raw) = raw.get(..BLOCK_SIZE) else {
             return Err(FormatError::invalid("extent block", "short"));
-        }
+        };
         let r = Reader(raw);
         if r.u16(0) != MAGIC {
             return Err(FormatError::BadMagic {
@@ -269,7 +273,7 @@ impl ExtentNode {
                 format!("block {block} belongs to inode {}, not {owner}", r.u64(8)),
             ));
         }
-        ExtentNode::decode_entries(&raw[..BLOCK_SIZE], BLOCK_HDR, false)
+        ExtentNode::decode_entries(raw, BLOCK_HDR, false)
     }
 }
 
@@ -292,13 +296,14 @@ pub fn build_tree(
     // Leaves, then index levels until the rest fits the inode.
     let mut level: Vec<IndexEntry> = Vec::new();
     for chunk in extents.chunks(ExtentNode::capacity(true, false)) {
+        let Some(first) = chunk.first() else { continue };
         let b = alloc()?;
         blocks.push((
             b,
             ExtentNode::Leaf(chunk.to_vec()).encode_block(seed, b, ino),
         ));
         level.push(IndexEntry {
-            logical: chunk[0].logical,
+            logical: first.logical,
             child: b,
         });
     }
@@ -309,6 +314,7 @@ pub fn build_tree(
         }
         let mut up = Vec::new();
         for chunk in level.chunks(ExtentNode::capacity(false, false)) {
+            let Some(first) = chunk.first() else { continue };
             let b = alloc()?;
             let node = ExtentNode::Index {
                 depth,
@@ -316,7 +322,7 @@ pub fn build_tree(
             };
             blocks.push((b, node.encode_block(seed, b, ino)));
             up.push(IndexEntry {
-                logical: chunk[0].logical,
+                logical: first.logical,
                 child: b,
             });
         }

@@ -675,7 +675,12 @@ impl Checker<'_, '_> {
                 d.flags = 0;
                 let (gb, off) = geo.desc_location(g);
                 let mut gdt = self.img.read("group descriptor table", gb)?;
-                d.encode(self.img.seed, g, &mut gdt[off..]);
+                let slot = gdt.get_mut(off..);
+                d.encode(
+                    self.img.seed,
+                    g,
+                    slot.ok_or_else(|| FormatError::invalid("group descriptor table", "short"))?,
+                );
                 self.store("block bitmap", bb, bm)?;
                 self.store("inode bitmap", ib, im)?;
                 self.store("group descriptor table", gb, gdt)?;
@@ -684,7 +689,9 @@ impl Checker<'_, '_> {
             self.img.sb.free_blocks += blocks.len() as u64;
         }
         let (b, mut raw, off) = self.img.inode_block(ino)?;
-        raw[off..off + INODE_SIZE].fill(0);
+        let slot = raw.get_mut(off..off + INODE_SIZE);
+        slot.ok_or_else(|| FormatError::invalid("inode table", "short"))?
+            .fill(0);
         self.store("inode table", b, raw)
     }
 
@@ -736,7 +743,7 @@ impl Checker<'_, '_> {
             for idx in 0..limit {
                 let ino = geo.ino_of(g, idx);
                 let off = idx as usize * INODE_SIZE;
-                let raw = &table[off..off + INODE_SIZE];
+                let raw = table.get(off..off + INODE_SIZE).unwrap_or_default();
                 let inode = match Inode::decode(self.img.seed, ino, raw) {
                     Ok(None) => continue,
                     Ok(Some(i)) => i,
@@ -1078,14 +1085,14 @@ impl Checker<'_, '_> {
         }
         let chosen: HashMap<u64, u64> = named_by
             .into_iter()
-            .map(|(c, ps)| {
+            .filter_map(|(c, ps)| {
                 let recorded = self.infos.get(&c).map(|i| i.parent);
                 let p = ps
                     .iter()
                     .copied()
                     .find(|&p| Some(p) == recorded)
-                    .unwrap_or(ps[0]);
-                (c, p)
+                    .or_else(|| ps.first().copied())?;
+                Some((c, p))
             })
             .collect();
         for (d, scan) in scans {
@@ -1639,7 +1646,9 @@ impl Checker<'_, '_> {
             };
             let before = raw.clone();
             for off in offs {
-                raw[off..off + INODE_SIZE].fill(0);
+                if let Some(slot) = raw.get_mut(off..off + INODE_SIZE) {
+                    slot.fill(0);
+                }
             }
             if raw != before {
                 self.img.write("inode table", b, &raw)?;

@@ -57,6 +57,10 @@ impl GroupDesc {
     }
 
     /// Encode for group `g` into `out` (`GROUP_DESC_SIZE` bytes).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "callers pass a descriptor slot of the table they sized, GROUP_DESC_SIZE bytes or more"
+    )]
     pub fn encode(&self, seed: u32, g: u32, out: &mut [u8]) {
         let mut w = Writer(&mut out[..GROUP_DESC_SIZE]);
         w.u16(0, self.flags);
@@ -74,7 +78,7 @@ impl GroupDesc {
     /// Decode group `g`'s descriptor from its `GROUP_DESC_SIZE` bytes.
     pub fn decode(geo: &Geometry, seed: u32, g: u32, raw: &[u8]) -> Result<GroupDesc> {
         let raw = raw
-            .get(..GROUP_DESC_SIZE)
+            .first_chunk::<GROUP_DESC_SIZE>()
             .ok_or_else(|| FormatError::invalid("group descriptor", "short"))?;
         if raw.iter().all(|&b| b == 0) {
             return Ok(GroupDesc::uninit(geo, g));

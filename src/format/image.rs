@@ -191,7 +191,7 @@ impl<'d> Image<'d> {
             Some((cb, raw)) if cb == b => raw,
             _ => self.read("group descriptor table", b)?,
         };
-        let d = GroupDesc::decode(&self.geo, self.seed, g, &raw[off..]);
+        let d = GroupDesc::decode(&self.geo, self.seed, g, raw.get(off..).unwrap_or_default());
         *cache = Some((b, raw));
         d
     }
@@ -206,7 +206,10 @@ impl<'d> Image<'d> {
             Err(e) if e.is_corruption() => vec![0u8; BLOCK_SIZE],
             Err(e) => return Err(e),
         };
-        d.encode(self.seed, g, &mut raw[off..]);
+        let slot = raw
+            .get_mut(off..)
+            .ok_or_else(|| FormatError::invalid("group descriptor table", "short"))?;
+        d.encode(self.seed, g, slot);
         self.write("group descriptor table", b, &raw)
     }
 
@@ -260,15 +263,18 @@ impl<'d> Image<'d> {
     /// Inode `ino`; `Ok(None)` if free.
     pub fn inode(&self, ino: u64) -> Result<Option<Inode>> {
         let (_, raw, off) = self.inode_block(ino)?;
-        Inode::decode(self.seed, ino, &raw[off..off + INODE_SIZE])
+        Inode::decode(self.seed, ino, raw.get(off..).unwrap_or_default())
     }
 
     /// Write inode `ino` (`None`: free it, zeroing its bytes).
     pub fn write_inode(&self, ino: u64, inode: Option<&Inode>) -> Result<()> {
         let (b, mut raw, off) = self.inode_block(ino)?;
+        let slot = raw
+            .get_mut(off..off + INODE_SIZE)
+            .ok_or_else(|| FormatError::invalid("inode table", "short"))?;
         match inode {
-            Some(i) => i.encode(self.seed, ino, &mut raw[off..off + INODE_SIZE]),
-            None => raw[off..off + INODE_SIZE].fill(0),
+            Some(i) => i.encode(self.seed, ino, slot),
+            None => slot.fill(0),
         }
         self.write("inode table", b, &raw)
     }
@@ -334,7 +340,11 @@ impl<'d> Image<'d> {
         self.dir_walk(ino, extents, 0, None, (0, u64::MAX), &mut seen, &mut scan);
         // readdir follows the leaves' links: they must chain the leaves in
         // index order and end with 0.
-        let chain_ok = scan.leaves.windows(2).all(|w| w[0].1 == w[1].0)
+        let chain_ok = scan
+            .leaves
+            .iter()
+            .zip(scan.leaves.iter().skip(1))
+            .all(|(a, b)| a.1 == b.0)
             && scan.leaves.last().is_none_or(|l| l.1 == 0);
         if !chain_ok {
             scan.problems
@@ -435,7 +445,13 @@ impl<'d> Image<'d> {
                 DirNode::Node { entries, .. } => {
                     // The last entry whose hash is <= the name's.
                     let i = entries.partition_point(|e| e.hash <= hash);
-                    logical = entries[i.saturating_sub(1)].child;
+                    let Some(e) = entries.get(i.saturating_sub(1)) else {
+                        return Err(FormatError::invalid(
+                            "directory",
+                            format!("inode {ino}: empty index node"),
+                        ));
+                    };
+                    logical = e.child;
                 }
             }
         }
@@ -491,7 +507,11 @@ impl<'d> Image<'d> {
                     let logical = 1 + i as u64;
                     let next = if logical < count { logical + 1 } else { 0 };
                     level.push(NodeEntry {
-                        hash: if i == 0 { 0 } else { l[0].hash },
+                        hash: if i == 0 {
+                            0
+                        } else {
+                            l.first().map_or(0, |e| e.hash)
+                        },
                         child: logical,
                     });
                     logical_nodes.insert(logical, DirNode::Leaf { next, entries: l });
@@ -503,7 +523,11 @@ impl<'d> Image<'d> {
                     let mut up = Vec::new();
                     for chunk in level.chunks(per_node) {
                         up.push(NodeEntry {
-                            hash: if up.is_empty() { 0 } else { chunk[0].hash },
+                            hash: if up.is_empty() {
+                                0
+                            } else {
+                                chunk.first().map_or(0, |e| e.hash)
+                            },
                             child: next_logical,
                         });
                         logical_nodes.insert(

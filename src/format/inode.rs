@@ -233,6 +233,10 @@ impl Inode {
     }
 
     /// Encode inode `ino` into `out` (`INODE_SIZE` bytes).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "callers pass an inode slot of a table block they sized, INODE_SIZE bytes or more; the rest are constant offsets of the layout"
+    )]
     pub fn encode(&self, seed: u32, ino: u64, out: &mut [u8]) {
         let out = &mut out[..INODE_SIZE];
         out.fill(0);
@@ -287,7 +291,7 @@ impl Inode {
     /// the inline data; block numbers are checked by whoever follows them.
     pub fn decode(seed: u32, ino: u64, raw: &[u8]) -> Result<Option<Inode>> {
         let raw = raw
-            .get(..INODE_SIZE)
+            .first_chunk::<INODE_SIZE>()
             .ok_or_else(|| FormatError::invalid("inode", "short"))?;
         if Inode::is_free(raw) {
             return Ok(None);
@@ -322,7 +326,12 @@ impl Inode {
             if ft != FileType::Symlink || size > INLINE_DATA as u64 || size == 0 {
                 return Err(bad(format!("inline symlink of {size} bytes")));
             }
-            InodeData::Symlink(area[..size as usize].to_vec())
+            let target = area.get(..size as usize);
+            InodeData::Symlink(
+                target
+                    .ok_or_else(|| bad(format!("inline symlink of {size} bytes")))?
+                    .to_vec(),
+            )
         } else if ft.has_extents() {
             InodeData::Extents(
                 ExtentNode::decode_inline(area).map_err(|e| bad(format!("extent root: {e}")))?,

@@ -170,12 +170,9 @@ pub fn make_fs(dev: &Dev, params: &MkfsParams) -> Result<Superblock> {
     lf.nlink = 2;
     lf.rdev_or_parent = ROOT_INO;
     let mut itable = vec![0u8; BLOCK_SIZE];
-    root.encode(seed, ROOT_INO, &mut itable[..INODE_SIZE]);
-    lf.encode(
-        seed,
-        LOST_FOUND_INO,
-        &mut itable[INODE_SIZE..2 * INODE_SIZE],
-    );
+    let (root_slot, rest) = itable.split_at_mut(INODE_SIZE.min(BLOCK_SIZE));
+    root.encode(seed, ROOT_INO, root_slot);
+    lf.encode(seed, LOST_FOUND_INO, rest);
     let leaf = DirNode::Leaf {
         next: 0,
         entries: vec![DirEntry::new(
@@ -196,7 +193,10 @@ pub fn make_fs(dev: &Dev, params: &MkfsParams) -> Result<Superblock> {
     };
     let (gdt_block, off) = geo.desc_location(0);
     let mut gdt = vec![0u8; BLOCK_SIZE];
-    desc.encode(seed, 0, &mut gdt[off..]);
+    let slot = gdt
+        .get_mut(off..)
+        .ok_or_else(|| FormatError::invalid("group descriptor table", "short"))?;
+    desc.encode(seed, 0, slot);
     sb.free_blocks = geo.data_blocks() - 1;
     sb.free_inodes = geo.inodes_count() - 2;
 

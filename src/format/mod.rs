@@ -82,7 +82,9 @@ pub fn uuid_seed(uuid: &[u8; 16]) -> u32 {
 /// CRC of a block whose own checksum sits at `csum_off`: the 4 bytes there
 /// count as zero.
 pub fn block_csum(seed: u32, nr: u64, buf: &[u8], csum_off: usize) -> u32 {
-    let c = meta_csum(seed, nr, &buf[..csum_off]);
+    // A block too short for its checksum field just fails its check.
+    let (head, rest) = buf.split_at_checked(csum_off).unwrap_or((buf, &[]));
+    let c = meta_csum(seed, nr, head);
     let c = crc32c::crc32c_append(c, &[0u8; 4]);
-    crc32c::crc32c_append(c, &buf[csum_off + 4..])
+    crc32c::crc32c_append(c, rest.get(4..).unwrap_or_default())
 }

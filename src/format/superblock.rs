@@ -148,6 +148,10 @@ impl Superblock {
     }
 
     /// Encode into a block to be written at `block` (0 or the backup's).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "buf is BLOCK_SIZE bytes and CSUM_OFF a constant inside it"
+    )]
     pub fn encode(&self, block: u64) -> Vec<u8> {
         let mut buf = vec![0u8; BLOCK_SIZE];
         let mut w = Writer(&mut buf);
@@ -161,7 +165,7 @@ impl Superblock {
         w.u16(30, INODE_SIZE as u16);
         w.bytes(32, &self.uuid);
         let label = self.label.as_bytes();
-        w.bytes(48, &label[..label.len().min(LABEL_MAX)]);
+        w.bytes(48, label.get(..LABEL_MAX).unwrap_or(label));
         w.u64(112, self.blocks_count);
         w.u64(120, self.inodes_count);
         w.u64(128, self.free_blocks);
@@ -194,9 +198,9 @@ impl Superblock {
     /// version, features, and every layout field against the layout they
     /// imply. Nothing is trusted before these checks.
     pub fn decode(buf: &[u8], block: u64) -> Result<Superblock> {
-        if buf.len() < BLOCK_SIZE {
+        let Some(buf) = buf.first_chunk::<BLOCK_SIZE>() else {
             return Err(FormatError::invalid("superblock", "short block"));
-        }
+        };
         let r = Reader(buf);
         if r.bytes::<8>(0) != MAGIC {
             return Err(FormatError::BadMagic {
@@ -243,11 +247,8 @@ impl Superblock {
             });
         }
         let label_bytes = &buf[48..48 + LABEL_MAX];
-        let end = label_bytes
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(LABEL_MAX);
-        let mut label = String::from_utf8_lossy(&label_bytes[..end]).into_owned();
+        let label_bytes = label_bytes.split(|&b| b == 0).next().unwrap_or_default();
+        let mut label = String::from_utf8_lossy(label_bytes).into_owned();
         // Each invalid byte became a 3-byte U+FFFD: cut the label back to
         // its field at a character boundary, so it encodes as it decodes.
         while label.len() > LABEL_MAX {

@@ -25,15 +25,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// "0123abcd-..." for a UUID.
 pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
+    let mut s = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// Parse a UUID in its usual 8-4-4-4-12 hex form.
@@ -47,7 +46,9 @@ pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
     }
     let mut out = [0u8; 16];
     for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+        // `get`: a multi-byte character makes a pair that is no char boundary.
+        let pair = hex.get(2 * i..2 * i + 2).unwrap_or_default();
+        *b = u8::from_str_radix(pair, 16)
             .map_err(|_| format!("'{s}' is not a UUID: bad hex digit"))?;
     }
     Ok(out)
@@ -65,7 +66,7 @@ pub fn human(bytes: u64) -> String {
     if i == 0 {
         format!("{bytes} B")
     } else {
-        format!("{v:.1} {}", units[i])
+        format!("{v:.1} {}", units.get(i).unwrap_or(&"PiB"))
     }
 }
 
@@ -88,5 +89,13 @@ mod tests {
         assert_eq!(format_uuid(&u), "0b5f1c2e-8a41-4f0e-9d3c-2a6b7e1f4c90");
         assert!(parse_uuid("0b5f1c2e8a414f0e9d3c2a6b7e1f4c90").is_err());
         assert!(parse_uuid("zb5f1c2e-8a41-4f0e-9d3c-2a6b7e1f4c90").is_err());
+    }
+
+    /// A multi-byte character at an odd byte offset used to split a hex
+    /// pair inside the character and panic (`mkfs -U`).
+    #[test]
+    fn parse_uuid_multibyte_char_is_an_error() {
+        assert!(parse_uuid("0\u{e9}00000-0000-0000-0000-000000000000").is_err());
+        assert!(parse_uuid("\u{e9}000000-0000-0000-0000-000000000000").is_err());
     }
 }

@@ -163,8 +163,12 @@ pub fn decode(seed: u32, block: u64, owner: u64, raw: &[u8]) -> Result<Vec<Xattr
         }
         let a = Xattr {
             ns,
-            name: raw[body..body + nl].to_vec(),
-            value: raw[body + nl..body + nl + vl].to_vec(),
+            name: (raw.get(body..body + nl))
+                .ok_or_else(|| bad(format!("entry {i}: lengths {nl}/{vl}")))?
+                .to_vec(),
+            value: (raw.get(body + nl..body + nl + vl))
+                .ok_or_else(|| bad(format!("entry {i}: lengths {nl}/{vl}")))?
+                .to_vec(),
         };
         if out
             .last()

@@ -71,13 +71,18 @@ impl Allocator {
     fn desc(&self, io: &mut dyn MetaIo, g: u32) -> Result<GroupDesc> {
         let (b, off) = self.geo.desc_location(g);
         let raw = io.read_meta(b)?;
-        GroupDesc::decode(&self.geo, self.seed, g, &raw[off..])
+        GroupDesc::decode(&self.geo, self.seed, g, raw.get(off..).unwrap_or_default())
     }
 
     fn put_desc(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<()> {
         let (b, off) = self.geo.desc_location(g);
         let mut raw = io.read_meta(b)?;
-        d.encode(self.seed, g, &mut raw[off..]);
+        let slot = raw.get_mut(off..);
+        d.encode(
+            self.seed,
+            g,
+            slot.ok_or_else(|| FormatError::invalid("group descriptor table", "short"))?,
+        );
         io.write_meta(b, raw);
         Ok(())
     }

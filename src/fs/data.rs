@@ -325,6 +325,10 @@ impl DataCtx<'_> {
 
     /// Read pages `missing` (which this caller marked as being read) into
     /// the cache; EIO if one inside `want` failed.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "k is an index into reads that read_pages hands back, and idx has one entry per read"
+    )]
     fn read_missing(
         &self,
         fc: &FileCache,
@@ -490,7 +494,7 @@ impl DataCtx<'_> {
                 BLOCK_SIZE
             };
             match pages.get(&i) {
-                Some(p) => out.extend_from_slice(&p.page.as_slice()[lo..hi]),
+                Some(p) => out.extend_from_slice(p.page.as_slice().get(lo..hi).ok_or(Errno::EIO)?),
                 // Not cached after a fill that succeeded (pages leave the
                 // cache only under `rw` held exclusively): a hole or an
                 // unwritten extent.
@@ -523,7 +527,7 @@ impl DataCtx<'_> {
             return Err(Errno::EFBIG);
         }
         let len = (data.len() as u64).min(MAX_FILE_SIZE - off) as usize;
-        let data = &data[..len];
+        let data = data.get(..len).unwrap_or(data);
         let end = off + len as u64;
         let first = off / BLOCK_SIZE_U64;
         let last = (end - 1) / BLOCK_SIZE_U64;
@@ -570,8 +574,12 @@ impl DataCtx<'_> {
                     cp.reserved = true;
                 }
                 let buf = cp.page.make_mut();
-                buf[(lo - start) as usize..(hi - start) as usize]
-                    .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
+                let dst = buf.get_mut((lo - start) as usize..(hi - start) as usize);
+                let src = data.get((lo - off) as usize..(hi - off) as usize);
+                let (Some(dst), Some(src)) = (dst, src) else {
+                    return Err(Errno::EIO);
+                };
+                dst.copy_from_slice(src);
                 if !cp.dirty {
                     cp.dirty = true;
                     self.cache.dirty.fetch_add(1, Ordering::Relaxed);
@@ -658,6 +666,10 @@ impl DataCtx<'_> {
     /// pages that got one, the extents allocated, the unwritten ranges to
     /// convert, and the error that stopped allocation early (ENOSPC).
     #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "k < r <= dirty.len(), dirty[k..r] is a run of consecutive pages and l + j < run_end stays inside it"
+    )]
     fn map_for_writeback(
         &self,
         ino: u64,
@@ -778,11 +790,20 @@ impl DataCtx<'_> {
             let start = i * BLOCK_SIZE_U64;
             let hi = to.min(start + BLOCK_SIZE_U64);
             let range = (from - start) as usize..(hi - start) as usize;
-            if cp.page.as_slice()[range.clone()].iter().all(|&b| b == 0) {
+            if cp
+                .page
+                .as_slice()
+                .get(range.clone())
+                .is_none_or(|s| s.iter().all(|&b| b == 0))
+            {
                 // Nothing changes (a hole's page, or zeros already).
                 return Ok(());
             }
-            cp.page.make_mut()[range].fill(0);
+            cp.page
+                .make_mut()
+                .get_mut(range)
+                .unwrap_or_default()
+                .fill(0);
             if !cp.dirty {
                 cp.dirty = true;
                 self.cache.dirty.fetch_add(1, Ordering::Relaxed);

@@ -125,9 +125,10 @@ fn leaf_split_point(entries: &[DirEntry]) -> Option<usize> {
     let total: usize = entries.iter().map(DirEntry::disk_len).sum();
     let mut acc = 0;
     let mut best: Option<(usize, usize)> = None; // (distance from middle, index)
-    for i in 1..entries.len() {
-        acc += entries[i - 1].disk_len();
-        if entries[i].hash == entries[i - 1].hash {
+    for (i, pair) in (1..).zip(entries.windows(2)) {
+        let [prev, cur] = pair else { continue };
+        acc += prev.disk_len();
+        if cur.hash == prev.hash {
             continue;
         }
         let d = acc.abs_diff(total / 2);
@@ -207,7 +208,10 @@ pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(),
     if !leaf_fits(&entries) || !leaf_fits(&right_entries) {
         return Err(DirError::HashBucketFull);
     }
-    let right_hash = right_entries[0].hash;
+    let right_hash = right_entries
+        .first()
+        .ok_or_else(|| bad("split leaf has no right half".into()))?
+        .hash;
     if leaf_logical == 0 {
         // The root leaf: both halves move out, the root becomes an index.
         // The left half links to the right, which takes the root's link.
@@ -250,7 +254,10 @@ pub fn insert(b: &mut dyn DirBlocks, entry: DirEntry) -> std::result::Result<(),
             return Ok(());
         }
         let right = entries.split_off(entries.len() / 2);
-        let right_hash = right[0].hash;
+        let right_hash = right
+            .first()
+            .ok_or_else(|| bad("split node has no right half".into()))?
+            .hash;
         if logical == 0 {
             if depth >= MAX_DEPTH {
                 return Err(bad("directory index full".into()).into());

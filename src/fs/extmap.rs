@@ -81,14 +81,18 @@ pub fn insert(map: &mut Vec<Extent>, new: Extent) {
 /// logical and physical blocks, of the same kind, and fit one extent.
 fn merge_around(map: &mut Vec<Extent>, i: usize) {
     let mut i = i;
-    if i > 0 && can_merge(&map[i - 1], &map[i]) {
-        map[i - 1].len += map[i].len;
-        map.remove(i);
-        i -= 1;
+    if let Some([prev, cur]) = i.checked_sub(1).and_then(|p| map.get_mut(p..=i)) {
+        if can_merge(prev, cur) {
+            prev.len += cur.len;
+            map.remove(i);
+            i -= 1;
+        }
     }
-    if i + 1 < map.len() && can_merge(&map[i], &map[i + 1]) {
-        map[i].len += map[i + 1].len;
-        map.remove(i + 1);
+    if let Some([cur, next]) = map.get_mut(i..i + 2) {
+        if can_merge(cur, next) {
+            cur.len += next.len;
+            map.remove(i + 1);
+        }
     }
 }
 
@@ -132,15 +136,14 @@ pub fn mark_written(map: &mut Vec<Extent>, from: u64, to: u64) {
         }
     }
     *map = out;
-    let mut i = 0;
-    while i + 1 < map.len() {
-        if can_merge(&map[i], &map[i + 1]) {
-            map[i].len += map[i + 1].len;
-            map.remove(i + 1);
-        } else {
-            i += 1;
+    // Merge each extent into the one kept before it where they are contiguous.
+    map.dedup_by(|next, prev| {
+        let merge = can_merge(prev, next);
+        if merge {
+            prev.len += next.len;
         }
-    }
+        merge
+    });
 }
 
 /// Blocks mapped (written or not).
@@ -151,7 +154,8 @@ pub fn mapped_blocks(map: &[Extent]) -> u64 {
 /// The first logical block at or after `l` holding data (a written
 /// extent), if any.
 pub fn next_data(map: &[Extent], l: u64) -> Option<u64> {
-    map[first_after(map, l)..]
+    map.get(first_after(map, l)..)
+        .unwrap_or_default()
         .iter()
         .find(|e| !e.unwritten)
         .map(|e| e.logical.max(l))
@@ -160,7 +164,7 @@ pub fn next_data(map: &[Extent], l: u64) -> Option<u64> {
 /// The first logical block at or after `l` that is not written data.
 pub fn next_hole(map: &[Extent], l: u64) -> u64 {
     let mut at = l;
-    for e in &map[first_after(map, l)..] {
+    for e in map.get(first_after(map, l)..).unwrap_or_default() {
         if e.logical > at || e.unwritten {
             return at;
         }

@@ -123,6 +123,14 @@ pub fn errno(e: &FormatError) -> Errno {
 }
 
 /// Log a format error and turn it into an errno.
+/// An inode table block too short for the inode's slot.
+fn short_itable() -> Errno {
+    fail(
+        "inode table",
+        FormatError::invalid("inode table", "short block"),
+    )
+}
+
 pub fn fail(what: &str, e: FormatError) -> Errno {
     let n = errno(&e);
     if n == Errno::ENOSPC {
@@ -250,7 +258,7 @@ impl Meta {
         }
         let (b, off) = self.geo.ino_location(ino);
         let raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
-        let inode = Inode::decode(self.seed, ino, &raw[off..off + INODE_SIZE])
+        let inode = Inode::decode(self.seed, ino, raw.get(off..).unwrap_or_default())
             .map_err(|e| fail(&format!("inode {ino}"), e))?
             .ok_or(Errno::ENOENT)?;
         let (map, tree) = match inode.extent_root() {
@@ -450,7 +458,9 @@ impl Meta {
         self.orphan_remove(ino, orphan_next)?;
         let (b, off) = self.geo.ino_location(ino);
         let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
-        raw[off..off + INODE_SIZE].fill(0);
+        raw.get_mut(off..off + INODE_SIZE)
+            .ok_or_else(short_itable)?
+            .fill(0);
         self.bufs.write_meta(b, raw);
         self.alloc
             .free_inode(&mut self.bufs, ino, dir)
@@ -569,7 +579,10 @@ impl Meta {
             let inode = st.inode.clone();
             let (b, off) = self.geo.ino_location(ino);
             let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
-            inode.encode(self.seed, ino, &mut raw[off..off + INODE_SIZE]);
+            let slot = raw
+                .get_mut(off..off + INODE_SIZE)
+                .ok_or_else(short_itable)?;
+            inode.encode(self.seed, ino, slot);
             self.bufs.write_meta(b, raw);
             if let Some(st) = self.inodes.get(&ino) {
                 if st.lookups == 0 && st.opens == 0 && st.inode.nlink > 0 {

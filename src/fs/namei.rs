@@ -370,8 +370,8 @@ impl Meta {
         }
         let goal = self.geo.group_start(self.geo.ino_group(ino).0);
         let (b, _) = self.alloc_blocks(goal, 1)?;
-        let mut raw = vec![0u8; BLOCK_SIZE];
-        raw[..target.len()].copy_from_slice(target);
+        let mut raw = target.to_vec();
+        raw.resize(BLOCK_SIZE, 0);
         self.bufs.write_meta(b, raw);
         let st = self.get_mut(ino)?;
         st.map.push(Extent {
@@ -398,11 +398,12 @@ impl Meta {
         let Mapping::Mapped { physical, .. } = extmap::lookup(&st.map, 0) else {
             return Err(Errno::EUCLEAN);
         };
-        let raw = self
+        let mut raw = self
             .bufs
             .read_meta(physical)
             .map_err(|e| fail("symlink", e))?;
-        Ok(raw[..size].to_vec())
+        raw.truncate(size);
+        Ok(raw)
     }
 
     pub fn link(&mut self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {

@@ -174,7 +174,9 @@ impl Copier<'_> {
             let block = crate::format::BLOCK_SIZE;
             let mut at = 0;
             while at < n {
-                let data = |i: usize| buf[i..(i + block).min(n)].iter().any(|&b| b != 0);
+                let data = |i: usize| {
+                    (buf.get(i..(i + block).min(n))).is_some_and(|s| s.iter().any(|&b| b != 0))
+                };
                 if !data(at) {
                     at += block;
                     continue;
@@ -185,7 +187,13 @@ impl Copier<'_> {
                 }
                 let end = end.min(n);
                 self.fs
-                    .write(&Ctx::root(), ino, off + at as u64, &buf[at..end], false)
+                    .write(
+                        &Ctx::root(),
+                        ino,
+                        off + at as u64,
+                        buf.get(at..end).unwrap_or_default(),
+                        false,
+                    )
                     .map_err(fs_err(path))?;
                 at = end;
             }

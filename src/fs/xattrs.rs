@@ -86,8 +86,8 @@ impl Meta {
             name: short.to_vec(),
             value: value.to_vec(),
         };
-        match at {
-            Some(i) => attrs[i] = new,
+        match at.and_then(|i| attrs.get_mut(i)) {
+            Some(a) => *a = new,
             None => attrs.push(new),
         }
         attrs.sort_by(|a, b| (a.ns, &a.name).cmp(&(b.ns, &b.name)));

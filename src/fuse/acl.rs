@@ -76,6 +76,7 @@ impl Acl {
         }
         let entries: Vec<Entry> = body
             .chunks_exact(8)
+            .filter_map(|c| <[u8; 8]>::try_from(c).ok())
             .map(|c| Entry {
                 tag: u16::from_le_bytes([c[0], c[1]]),
                 perm: u16::from_le_bytes([c[2], c[3]]) & 7,

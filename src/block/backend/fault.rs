@@ -166,12 +166,12 @@ impl Pending {
         let mut i = 0;
         let limit = limit.min(self.live.len());
         while i < limit {
-            if !self.live[i] {
+            if self.live.get(i) != Some(&true) {
                 i += 1;
                 continue;
             }
             let start = i;
-            while i < limit && self.live[i] {
+            while i < limit && self.live.get(i) == Some(&true) {
                 i += 1;
             }
             runs.push((start, i - start));
@@ -365,7 +365,9 @@ impl FaultBackend {
             match p.kind {
                 PendingKind::Write => {
                     let s = first * lbs as usize;
-                    let data = &p.data[s..s + len as usize];
+                    let data = p.data.get(s..s + len as usize).ok_or_else(|| {
+                        io::Error::other("a pending write is shorter than its live blocks")
+                    })?;
                     self.inner.write_at(&[IoSlice::new(data)], off, false)?;
                 }
                 PendingKind::Discard => self.inner.discard(off, len)?,
@@ -411,8 +413,8 @@ impl FaultBackend {
             .range_faults
             .iter()
             .position(|f| f.hits(write, offset, len))?;
-        let errno = st.range_faults[idx].errno;
-        if st.range_faults[idx].once {
+        let (errno, once) = st.range_faults.get(idx).map(|f| (f.errno, f.once))?;
+        if once {
             st.range_faults.remove(idx);
         }
         st.counters.range_errors += 1;
@@ -471,7 +473,7 @@ impl FaultBackend {
                 let src = match p.kind {
                     PendingKind::Write => {
                         let ds = (s - p.offset) as usize;
-                        Some(&p.data[ds..ds + (e - s) as usize])
+                        p.data.get(ds..ds + (e - s) as usize)
                     }
                     _ => None,
                 };
@@ -503,9 +505,13 @@ fn scatter(bufs: &mut [IoSliceMut<'_>], pos: u64, len: usize, src: Option<&[u8]>
         if done < len && at < base + blen {
             let off = (at - base) as usize;
             let n = (buf.len() - off).min(len - done);
-            match src {
-                Some(s) => buf[off..off + n].copy_from_slice(&s[done..done + n]),
-                None => buf[off..off + n].fill(0),
+            let Some(dst) = buf.get_mut(off..off + n) else {
+                return;
+            };
+            match src.map(|s| s.get(done..done + n)) {
+                Some(Some(s)) => dst.copy_from_slice(s),
+                Some(None) => return,
+                None => dst.fill(0),
             }
             done += n;
         }

@@ -242,7 +242,10 @@ impl FileBackend {
         let iov: Vec<IoSlice<'_>> = pages
             .iter()
             .enumerate()
-            .map(|(i, p)| IoSlice::new(&p.as_slice()[..PAGE_SIZE.min(total - i * PAGE_SIZE)]))
+            .map(|(i, p)| {
+                let n = PAGE_SIZE.min(total - i * PAGE_SIZE);
+                IoSlice::new(p.as_slice().get(..n).unwrap_or_default())
+            })
             .collect();
         sys::pwritev_full(&self.file, &iov, offset, fua)
     }
@@ -257,7 +260,10 @@ impl FileBackend {
         while pos < end {
             let n = (end - pos).min(chunk) as usize;
             let iov: Vec<IoSlice<'_>> = (0..n.div_ceil(PAGE_SIZE))
-                .map(|i| IoSlice::new(&zero.as_slice()[..PAGE_SIZE.min(n - i * PAGE_SIZE)]))
+                .map(|i| {
+                    let len = PAGE_SIZE.min(n - i * PAGE_SIZE);
+                    IoSlice::new(zero.as_slice().get(..len).unwrap_or_default())
+                })
                 .collect();
             sys::pwritev_full(&self.file, &iov, pos, false)?;
             pos += n as u64;
@@ -301,7 +307,7 @@ fn page_slices_mut(pages: &mut [Page], total: usize) -> Vec<&mut [u8]> {
             let n = left.min(PAGE_SIZE);
             left -= n;
             // Fresh bounce pages are unique, so this never copies.
-            &mut p.make_mut()[..n]
+            p.make_mut().get_mut(..n).unwrap_or_default()
         })
         .collect()
 }
@@ -313,7 +319,11 @@ fn copy_from_pages(pages: &[Page], mut pos: usize, dst: &mut [u8]) {
         let (idx, off) = (pos / PAGE_SIZE, pos % PAGE_SIZE);
         let Some(page) = pages.get(idx) else { return };
         let n = (PAGE_SIZE - off).min(dst.len() - done);
-        dst[done..done + n].copy_from_slice(&page.as_slice()[off..off + n]);
+        let to = dst.get_mut(done..done + n);
+        let Some((to, from)) = to.zip(page.as_slice().get(off..off + n)) else {
+            return;
+        };
+        to.copy_from_slice(from);
         done += n;
         pos += n;
     }
@@ -328,7 +338,11 @@ fn copy_into_pages(pages: &mut [Page], mut pos: usize, src: &[u8]) {
             return;
         };
         let n = (PAGE_SIZE - off).min(src.len() - done);
-        page.make_mut()[off..off + n].copy_from_slice(&src[done..done + n]);
+        let to = page.make_mut().get_mut(off..off + n);
+        let Some((to, from)) = to.zip(src.get(done..done + n)) else {
+            return;
+        };
+        to.copy_from_slice(from);
         done += n;
         pos += n;
     }

@@ -132,7 +132,8 @@ impl LogWritesBackend {
         let log = self.entries();
         self.check_target(target)?;
         let is_point = flush_point == 0
-            || (flush_point <= log.len() && matches!(log[flush_point - 1], LogEntry::Flush));
+            || (flush_point <= log.len()
+                && matches!(log.get(flush_point - 1), Some(LogEntry::Flush)));
         if !is_point {
             return Err(einval());
         }
@@ -142,7 +143,7 @@ impl LogWritesBackend {
         if after.iter().any(|e| matches!(e, LogEntry::Flush)) {
             return Err(einval());
         }
-        for entry in &log[..flush_point] {
+        for entry in log.get(..flush_point).ok_or_else(einval)? {
             apply(entry, target)?;
         }
         for (entry, &k) in after.iter().zip(keep) {
@@ -257,10 +258,11 @@ pub fn crash_states(lw: &LogWritesBackend, base: usize) -> Vec<CrashState> {
 /// Entries after flush point `fp` up to the next flush.
 pub fn writes_after(lw: &LogWritesBackend, fp: usize) -> usize {
     let log = lw.entries();
-    log[fp..]
+    log.get(fp..)
+        .unwrap_or_default()
         .iter()
         .position(|e| matches!(e, LogEntry::Flush))
-        .unwrap_or(log.len() - fp)
+        .unwrap_or(log.len().saturating_sub(fp))
 }
 
 /// A fresh memory device of `size` bytes holding crash state `(n, drop)`

@@ -24,6 +24,10 @@ impl AlignedBytes {
     }
 }
 
+#[allow(
+    clippy::indexing_slicing,
+    reason = "zeroed() allocates len + PAGE_SIZE bytes and off <= PAGE_SIZE"
+)]
 impl std::ops::Deref for AlignedBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -31,6 +35,10 @@ impl std::ops::Deref for AlignedBytes {
     }
 }
 
+#[allow(
+    clippy::indexing_slicing,
+    reason = "zeroed() allocates len + PAGE_SIZE bytes and off <= PAGE_SIZE"
+)]
 impl std::ops::DerefMut for AlignedBytes {
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.off..self.off + self.len]
@@ -80,7 +88,10 @@ impl MemBackend {
         check_range(&self.info(), offset, len)?;
         let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
         let start = offset as usize;
-        data[start..start + len as usize].fill(byte);
+        let range = data
+            .get_mut(start..start + len as usize)
+            .ok_or_else(einval)?;
+        range.fill(byte);
         Ok(())
     }
 }
@@ -104,7 +115,7 @@ impl BlockBackend for MemBackend {
         let mut pos = offset as usize;
         for buf in bufs.iter_mut() {
             let n = buf.len();
-            buf.copy_from_slice(&data[pos..pos + n]);
+            buf.copy_from_slice(data.get(pos..pos + n).ok_or_else(einval)?);
             pos += n;
         }
         Ok(())
@@ -115,7 +126,8 @@ impl BlockBackend for MemBackend {
         let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
         let mut pos = offset as usize;
         for buf in bufs {
-            data[pos..pos + buf.len()].copy_from_slice(buf);
+            let dst = data.get_mut(pos..pos + buf.len()).ok_or_else(einval)?;
+            dst.copy_from_slice(buf);
             pos += buf.len();
         }
         Ok(())
@@ -132,4 +144,9 @@ impl BlockBackend for MemBackend {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         self.fill(offset, len, 0)
     }
+}
+
+/// A range past the device (`check_range` already refuses these).
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
 }

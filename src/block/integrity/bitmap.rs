@@ -95,8 +95,8 @@ impl Bits {
         let buf = page.make_mut();
         let start = block as usize * words_per_block;
         let words = self.0.iter().skip(start).take(words_per_block);
-        for (i, w) in words.enumerate() {
-            buf[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        for (dst, w) in buf.chunks_exact_mut(8).zip(words) {
+            dst.copy_from_slice(&w.to_le_bytes());
         }
         page
     }
@@ -190,7 +190,9 @@ impl DirtyLog {
             for r in r0..=r1 {
                 st.touched.set(r);
                 newly_set |= Self::set_bit(&mut st, r);
-                let seq = st.block_seq[(r / REGIONS_PER_BITMAP_BLOCK) as usize];
+                // (A region past the bitmap waits for every set bit.)
+                let seq = (st.block_seq.get((r / REGIONS_PER_BITMAP_BLOCK) as usize))
+                    .map_or(st.set_seq, |&s| s);
                 wait_for = wait_for.max(seq);
             }
             if newly_set && r0 > 0 && st.bits.test(r0 - 1) {
@@ -223,7 +225,9 @@ impl DirtyLog {
         let block = r / REGIONS_PER_BITMAP_BLOCK;
         st.set_seq += 1;
         let seq = st.set_seq;
-        st.block_seq[block as usize] = seq;
+        if let Some(s) = st.block_seq.get_mut(block as usize) {
+            *s = seq;
+        }
         st.dirty_blocks.insert(block);
         true
     }

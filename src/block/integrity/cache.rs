@@ -55,9 +55,11 @@ impl Entry {
     }
 
     fn has(&self, slots: &Range<usize>) -> bool {
-        slots
-            .clone()
-            .all(|s| self.valid[s / 64] & (1 << (s % 64)) != 0)
+        slots.clone().all(|s| {
+            self.valid
+                .get(s / 64)
+                .is_some_and(|w| w & (1 << (s % 64)) != 0)
+        })
     }
 
     fn full(&self) -> bool {
@@ -205,9 +207,13 @@ impl TupleCache {
         match read {
             Ok(page) => {
                 let (buf, dev) = (e.buf.make_mut(), page.as_slice());
-                for s in 0..SLOTS {
-                    if e.valid[s / 64] & (1 << (s % 64)) == 0 {
-                        buf[s * TS..(s + 1) * TS].copy_from_slice(&dev[s * TS..(s + 1) * TS]);
+                let slots = buf.chunks_exact_mut(TS).zip(dev.chunks_exact(TS));
+                for (s, (mine, read)) in slots.enumerate().take(SLOTS) {
+                    if e.valid
+                        .get(s / 64)
+                        .is_some_and(|w| w & (1 << (s % 64)) == 0)
+                    {
+                        mine.copy_from_slice(read);
                     }
                 }
                 e.valid = ALL_VALID;
@@ -230,7 +236,8 @@ impl TupleCache {
         if let Some(e) = st.map.get(&block) {
             let buf = e.buf.as_slice();
             for (t, s) in out.iter_mut().zip(slots) {
-                t.0.copy_from_slice(&buf[s * TS..(s + 1) * TS]);
+                let src = buf.get(s * TS..(s + 1) * TS);
+                t.0.copy_from_slice(src.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?);
             }
         }
         st.touch(block);
@@ -245,10 +252,14 @@ impl TupleCache {
             None => st.insert_new(block),
         };
         let buf = e.buf.make_mut();
-        for (i, t) in tuples.iter().enumerate() {
-            let s = first_slot + i;
-            buf[s * TS..(s + 1) * TS].copy_from_slice(&t.0);
-            e.valid[s / 64] |= 1 << (s % 64);
+        // (Callers pass pieces of one block: every slot is below SLOTS.)
+        for (s, t) in (first_slot..).zip(tuples) {
+            if let (Some(dst), Some(w)) =
+                (buf.get_mut(s * TS..(s + 1) * TS), e.valid.get_mut(s / 64))
+            {
+                dst.copy_from_slice(&t.0);
+                *w |= 1 << (s % 64);
+            }
         }
         e.dirty = true;
         e.version += 1;

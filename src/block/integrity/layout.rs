@@ -177,15 +177,16 @@ pub fn encode_header(layout: &IntegrityLayout, state: HeaderState) -> [u8; META_
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
+    // Zero past the end, like format::codec::Reader.
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 fn le64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// Decode and validate the header block read from the last block of a
@@ -201,7 +202,10 @@ pub fn decode_header(
     let Some(offset) = header_offset(device_bytes) else {
         return Ok(None);
     };
-    if block.len() < META_BLOCK as usize || block[0..8] != MAGIC {
+    let Some(block) = block.first_chunk::<{ META_BLOCK as usize }>() else {
+        return Ok(None);
+    };
+    if block[0..8] != MAGIC {
         return Ok(None);
     }
     let bad = |field: &'static str, reason: String| IntegrityError::BadHeader {

@@ -205,7 +205,10 @@ impl IntegrityStore {
     pub fn load(&self, first_interval: u64, out: &mut [Tuple]) -> io::Result<()> {
         self.check_range(first_interval, out.len() as u64)?;
         for (block, slot, n, at) in Self::pieces(first_interval, out.len() as u64) {
-            self.cache.load(block, slot, &mut out[at..at + n])?;
+            let out = out
+                .get_mut(at..at + n)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            self.cache.load(block, slot, out)?;
         }
         self.cache.shrink();
         Ok(())
@@ -254,7 +257,9 @@ impl IntegrityStore {
         });
         if let Some(tuples) = tuples {
             for (block, slot, n, at) in Self::pieces(first_interval, count) {
-                self.cache.update(block, slot, &tuples[at..at + n]);
+                if let Some(piece) = tuples.get(at..at + n) {
+                    self.cache.update(block, slot, piece);
+                }
             }
         }
         self.log.end(r0, r1, tuples.is_none());
@@ -284,7 +289,8 @@ impl IntegrityStore {
         let zeros = [Tuple::UNWRITTEN; TUPLES_PER_BLOCK as usize];
         for (block, slot, n, _) in Self::pieces(first_interval, count) {
             if !full.contains(&block) {
-                self.cache.update(block, slot, &zeros[..n]);
+                self.cache
+                    .update(block, slot, zeros.get(..n).unwrap_or(&zeros));
             }
         }
         self.log.end(r0, r1, res.is_err());
@@ -414,14 +420,17 @@ fn recompute_region(
     let mut block = Page::new();
     let tb = block.make_mut();
     let size = profile.interval_size();
-    for i in 0..n as usize {
+    for (i, slot) in tb.chunks_exact_mut(8).take(n as usize).enumerate() {
         let (page, at) = (
             (i << shift) / META_BLOCK as usize,
             (i << shift) % META_BLOCK as usize,
         );
-        let data = &pages[page].as_slice()[at..at + size];
+        let data = pages
+            .get(page)
+            .and_then(|p| p.as_slice().get(at..at + size))
+            .ok_or_else(|| io::Error::other("recompute: interval outside the data read"))?;
         let t = profile.generate(first + i as u64, data);
-        tb[i * 8..i * 8 + 8].copy_from_slice(&t.0);
+        slot.copy_from_slice(&t.0);
     }
     let toff = l.tuple_block_offset(region);
     backend
