@@ -4,7 +4,8 @@
 //! *uninitialised* (`BLOCK_UNINIT | INODE_UNINIT`), everything in it free but
 //! its own bitmaps and inode table, and its bitmaps and table hold garbage
 //! nobody reads. That is how mkfs formats a 1 TiB image without writing
-//! anything proportional to it (ext4's `uninit_bg`, made implicit). Every
+//! anything proportional to it (ext4's `uninit_bg`, made implicit). Group
+//! 0 is always in use: its descriptor all zero is damage. Every
 //! written descriptor carries a CRC32C seeded with the UUID and its group
 //! number, and the CRCs of its two bitmap blocks.
 
@@ -81,6 +82,17 @@ impl GroupDesc {
             .first_chunk::<GROUP_DESC_SIZE>()
             .ok_or_else(|| FormatError::invalid("group descriptor", "short"))?;
         if raw.iter().all(|&b| b == 0) {
+            // Group 0 always holds the root, lost+found and the journal:
+            // mkfs writes its descriptor, so zeros there are damage (a
+            // zeroed GDT block), not a group never used. Read as unused,
+            // it hid every inode of the group from fsck, which then
+            // freed them all (biofs-fuzz seed 1600301).
+            if g == 0 {
+                return Err(FormatError::invalid(
+                    "group descriptor",
+                    "group 0: all zero (group 0 is always in use)",
+                ));
+            }
             return Ok(GroupDesc::uninit(geo, g));
         }
         let r = Reader(raw);

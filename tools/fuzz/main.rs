@@ -15,6 +15,7 @@
 //!     biofs-fuzz --seconds 3600            # the long run (docs/testing.md)
 //!     biofs-fuzz --cases 40 --seed 7       # what `tests/fuzz_images.rs` runs
 //!     biofs-fuzz --replay SEED             # one case, in this process
+//!     biofs-fuzz --replay SEED --damage-only --dir D   # just the damaged image
 //!
 //! Exit 0 when every case passed; 1 otherwise, each failure printed with
 //! the command that replays it.
@@ -74,6 +75,10 @@ struct Args {
     /// happened.
     #[arg(long)]
     replay: Option<u64>,
+    /// With --replay: only damage the image (left in DIR/replay.img), to
+    /// look at it with fsck.biofs or mount it by hand.
+    #[arg(long, requires = "replay")]
+    damage_only: bool,
     /// Internal: run one case as a child (base image, case image, seed).
     #[arg(long, num_args = 3, hide = true)]
     child: Vec<String>,
@@ -145,6 +150,11 @@ fn run(args: &Args) -> Result<bool, String> {
     eprintln!("base image {} made in {:?}", base.display(), t.elapsed());
     if let Some(seed) = args.replay {
         let work = dir.join("replay.img");
+        if args.damage_only {
+            scenario::damage_only(&base, &work, seed)?;
+            println!("seed {seed}: damaged image in {}", work.display());
+            return Ok(true);
+        }
         let r = scenario::case(&base, &work, seed);
         println!("seed {seed}: {r:?} (image left in {})", work.display());
         return Ok(r.is_ok());

@@ -113,15 +113,20 @@ fn populate(fs: &Fs) -> biofs::fs::FsResult<()> {
 }
 
 /// Run the case of `seed`: Ok unless a rule was broken.
-pub fn case(base: &Path, work: &Path, seed: u64) -> Result<Outcome, String> {
+/// Copy `base` to `work` and damage it as case `seed` does; the rest of
+/// the case draws from the returned generator.
+pub fn damage_only(base: &Path, work: &Path, seed: u64) -> Result<Rng, String> {
     std::fs::copy(base, work).map_err(|e| format!("copying the base image: {e}"))?;
     let mut rng = Rng::new(seed);
-    {
-        let dev = Dev::open(work, dev_opts()).map_err(|e| e.to_string())?;
-        let what = mutate::damage(&dev, &mut rng);
-        eprintln!("damage: {}", what.join("; "));
-        dev.close().map_err(|e| e.to_string())?;
-    }
+    let dev = Dev::open(work, dev_opts()).map_err(|e| e.to_string())?;
+    let what = mutate::damage(&dev, &mut rng);
+    eprintln!("damage: {}", what.join("; "));
+    dev.close().map_err(|e| e.to_string())?;
+    Ok(rng)
+}
+
+pub fn case(base: &Path, work: &Path, seed: u64) -> Result<Outcome, String> {
+    let mut rng = damage_only(base, work, seed)?;
     let mut refused = false;
     match Fs::mount(work, &opts()) {
         Ok(fs) => {
