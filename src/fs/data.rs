@@ -96,6 +96,11 @@ pub fn plan_readahead(
     last: u64,
     end: u64,
 ) -> (u64, Option<(u64, u64)>) {
+    if first == 0 {
+        // The file read from its start again: a new run (what readahead
+        // started for the last one says nothing of what is cached now).
+        *ra = RaState::default();
+    }
     // The kernel sends a sequential reader's requests several at a time,
     // so they can arrive out of order: one inside what readahead started
     // (and not far behind the reader) continues the run.
@@ -387,6 +392,9 @@ impl DataCtx<'_> {
             result = Err(Errno::EIO);
         }
         let mut pages = lock(&fc.pages);
+        if pages.gone {
+            return result;
+        }
         for (i, page) in loaded {
             if let std::collections::btree_map::Entry::Vacant(v) = pages.entry(i) {
                 v.insert(CachedPage {
@@ -961,6 +969,10 @@ mod tests {
             "an earlier request inside the run reads itself only"
         );
         assert_eq!((ra2.window, ra2.next), (before.window, before.next));
+        // Read from the start again (the file bigger than the cache): a
+        // new run, with its window, not the old run's end.
+        let (to, ahead) = plan_readahead(&mut ra2, 0, 63, end);
+        assert_eq!((to, ahead), (63 + RA_MIN, None));
         // A jump elsewhere: no readahead, and the next sequential read
         // starts a window of its own again.
         let (to, ahead) = plan_readahead(&mut ra, 5_000, 5_063, end);

@@ -28,6 +28,10 @@ pub(super) struct CachedPage {
 pub(super) struct PageMap {
     pub(super) pages: BTreeMap<u64, CachedPage>,
     pub(super) reading: HashSet<u64>,
+    /// The file's cache was dropped ([`PageCache::forget_file`]): a read
+    /// still holding it (a readahead thread's) must not add pages, which
+    /// nobody would count off again.
+    pub(super) gone: bool,
 }
 
 impl std::ops::Deref for PageMap {
@@ -128,7 +132,11 @@ impl PageCache {
         let Some(fc) = lock(&self.files).remove(&ino) else {
             return 0;
         };
-        let pages = std::mem::take(&mut lock(&fc.pages).pages);
+        let pages = {
+            let mut pm = lock(&fc.pages);
+            pm.gone = true;
+            std::mem::take(&mut pm.pages)
+        };
         let dirty = pages.values().filter(|p| p.dirty).count();
         self.cached.fetch_sub(pages.len(), Ordering::Relaxed);
         self.dirty.fetch_sub(dirty, Ordering::Relaxed);
