@@ -58,9 +58,8 @@ pub struct DataCtx<'a> {
     pub meta: &'a Mutex<Meta>,
     pub barrier: &'a RwLock<()>,
     pub cache: &'a PageCache,
-    /// Where asynchronous readahead goes (the `biofs-ra` threads); None:
-    /// readahead is read with the request, synchronously.
-    pub readahead: Option<&'a crossbeam_channel::Sender<RaJob>>,
+    /// Where asynchronous readahead goes (the `biofs-ra` threads).
+    pub readahead: &'a crossbeam_channel::Sender<RaJob>,
 }
 
 /// A readahead window for a `biofs-ra` thread to read into the cache
@@ -467,19 +466,14 @@ impl DataCtx<'_> {
         // starts the file) grows the window and, past the marker, starts
         // the next one asynchronously; a random read gets none.
         let (ra_last, ahead) = {
-            let mut ra = lock(&fc.ra);
             let end = (fsize - 1) / BLOCK_SIZE_U64;
-            let (to, ahead) = plan_readahead(&mut ra, first, last, end);
-            match (ahead, self.readahead) {
-                (Some(_), None) => (to.max(ra.ahead_to), None),
-                (a, _) => (to, a),
-            }
+            plan_readahead(&mut lock(&fc.ra), first, last, end)
         };
         let ioprio = ioprio_of(pid);
-        if let (Some((from, to)), Some(tx)) = (ahead, self.readahead) {
+        if let Some((from, to)) = ahead {
             // Advisory: a full queue drops it (the pages are read when
             // asked for).
-            let _ = tx.try_send(RaJob {
+            let _ = self.readahead.try_send(RaJob {
                 fc: fc.clone(),
                 ino,
                 first: from,

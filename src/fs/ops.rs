@@ -122,7 +122,7 @@ impl Core {
             meta: &self.meta,
             barrier: &self.barrier,
             cache: &self.cache,
-            readahead: Some(&self.readahead),
+            readahead: &self.readahead,
         }
     }
 
