@@ -158,17 +158,16 @@ fn raise_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let dev = mountinfo_dev(&info, mountpoint)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in /proc/self/mountinfo"))?;
-    // A fuseblk mount has a backing device info of its own, named so.
-    std::fs::write(
-        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
-        kb.to_string(),
-    )
-    .or_else(|_| {
-        std::fs::write(
-            format!("/sys/class/bdi/{dev}-fuseblk/read_ahead_kb"),
-            kb.to_string(),
-        )
-    })
+    // A fuseblk mount has a backing device info of its own, named so; its
+    // mountinfo device is the block device's, whose own readahead (that of
+    // the loop device or the disk under the mount) is not ours to change.
+    let fuseblk = format!("/sys/class/bdi/{dev}-fuseblk/read_ahead_kb");
+    let path = if Path::new(&fuseblk).exists() {
+        fuseblk
+    } else {
+        format!("/sys/class/bdi/{dev}/read_ahead_kb")
+    };
+    std::fs::write(path, kb.to_string())
 }
 
 /// The mount point of a mount whose source is `target` (an image or a
