@@ -18,7 +18,8 @@ use biofs::block::{Checksum, IntegrityProfile, IntegrityStore};
 use biofs::format::inode::Timespec;
 use biofs::format::mkfs::{make_fs, MkfsParams};
 use biofs::fs::{
-    AtimeMode, Ctx, Errno, FallocMode, Fs, MountOptions, RenameFlags, SeekWhence, SetAttr, TimeSet,
+    AtimeMode, Ctx, Errno, FallocMode, Filled, Fs, MountOptions, RenameFlags, SeekWhence, SetAttr,
+    TimeSet,
 };
 
 mod common;
@@ -309,6 +310,69 @@ fn seek_data_hole_and_sparse_files() {
     assert!(got.iter().all(|&b| b == 0));
     drop(fs);
     fsck_clean(&mem);
+}
+
+#[test]
+fn a_read_of_holes_is_said_not_written_and_data_always_wins() {
+    let mem = new_device(64 << 20);
+    let fs = mount(&mem);
+    let c = Ctx::root();
+    let f = fs.create(&c, ROOT, b"sparse", 0o644).unwrap();
+    // Size 8 MiB: a hole; 4..5 MiB unwritten (fallocate); one page of
+    // data at 2 MiB, written back; one dirty page over the hole at 6 MiB.
+    let size = SetAttr {
+        size: Some(8 << 20),
+        ..SetAttr::default()
+    };
+    fs.setattr(&c, f.ino, &size).unwrap();
+    fs.fallocate(&c, f.ino, 4 << 20, 1 << 20, FallocMode::KeepSize)
+        .unwrap();
+    fs.write(&c, f.ino, 2 << 20, &[1u8; 4096], false).unwrap();
+    fs.fsync(f.ino, false).unwrap();
+    fs.write(&c, f.ino, 6 << 20, &[2u8; 4096], false).unwrap();
+    check_sparse_reads(&fs, f.ino);
+    // Again with every page read from the device.
+    drop(fs);
+    let fs = mount(&mem);
+    check_sparse_reads(&fs, f.ino);
+    drop(fs);
+    fsck_clean(&mem);
+}
+
+/// The reads of [`a_read_of_holes_is_said_not_written_and_data_always_wins`].
+fn check_sparse_reads(fs: &Fs, ino: u64) {
+    let c = Ctx::root();
+    let mut buf = vec![9u8; 16];
+    let mut read = |off: u64, len: u32| {
+        (
+            fs.read_into(&c, ino, off, len, &mut buf).unwrap(),
+            buf.clone(),
+        )
+    };
+    assert_eq!(
+        read(0, 1 << 20),
+        (Filled::Zeros(1 << 20), vec![]),
+        "a hole: nothing written"
+    );
+    assert_eq!(
+        read(4 << 20, 1 << 20),
+        (Filled::Zeros(1 << 20), vec![]),
+        "unwritten"
+    );
+    assert_eq!(
+        read((8 << 20) - 100, 4096),
+        (Filled::Zeros(100), vec![]),
+        "to the end"
+    );
+    for (off, data) in [(2u64 << 20, 1u8), (6 << 20, 2)] {
+        // The page alone, and the page inside a larger read of holes.
+        assert_eq!(read(off, 4096), (Filled::Buffer, vec![data; 4096]));
+        let mut want = vec![0u8; 16384];
+        want[8192..12288].fill(data);
+        assert_eq!(read(off - 8192, 16384), (Filled::Buffer, want));
+    }
+    // The plain read spells the zeros out.
+    assert_eq!(fs.read(&c, ino, 1 << 20, 4096).unwrap(), vec![0u8; 4096]);
 }
 
 #[test]

@@ -256,11 +256,23 @@ fn read_pages(
     (got, failed)
 }
 
+/// What a read put in the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// The bytes read (possibly none, at or past the end of the file).
+    Buffer,
+    /// The range read is all holes or unwritten extents: this many zero
+    /// bytes, not written to the buffer.
+    Zeros(usize),
+}
+
 impl DataCtx<'_> {
     /// Make pages `[first, last]` of `ino` present in the cache, reading
-    /// `[first, ra_last]` in one batch (readahead). The caller holds the
-    /// file's `rw`. A failed read of a requested page is EIO, logged with
-    /// the file and offset; failed readahead pages are just not cached.
+    /// `[first, ra_last]` in one batch (readahead). Holes and unwritten
+    /// extents are skipped whole, extent by extent: they read as zeros,
+    /// with no page and no I/O. The caller holds the file's `rw`. A failed
+    /// read of a requested page is EIO, logged with the file and offset;
+    /// failed readahead pages are just not cached.
     pub fn fill(
         &self,
         fc: &FileCache,
@@ -270,23 +282,38 @@ impl DataCtx<'_> {
         ra_last: u64,
         ioprio: IoPrio,
     ) -> FsResult<()> {
+        // Under the caller's `rw` a page with data on the device keeps its
+        // block (truncate and hole punching take `rw` exclusively), and a
+        // hole gains one only at the writeback of a page already cached.
+        let blocks = self.data_blocks(ino, first, ra_last.max(last))?;
+        if blocks.is_empty() {
+            return Ok(());
+        }
         // Pages nobody has or reads are ours to read; requested pages
         // another reader is reading, we wait for.
-        let (missing, theirs): (Vec<u64>, Vec<u64>) = {
+        let (missing, theirs): (Vec<(u64, u64)>, Vec<u64>) = {
             let mut pm = lock(&fc.pages);
-            let mine: Vec<u64> = (first..=ra_last.max(last))
-                .filter(|i| !pm.pages.contains_key(i) && !pm.reading.contains(i))
+            let mine: Vec<(u64, u64)> = blocks
+                .iter()
+                .filter(|(i, _)| !pm.pages.contains_key(i) && !pm.reading.contains(i))
+                .copied()
                 .collect();
-            pm.reading.extend(mine.iter().copied());
-            let theirs = (first..=last)
-                .filter(|i| pm.reading.contains(i) && mine.binary_search(i).is_err())
+            pm.reading.extend(mine.iter().map(|m| m.0));
+            let theirs = blocks
+                .iter()
+                .map(|b| b.0)
+                .filter(|i| {
+                    (first..=last).contains(i)
+                        && pm.reading.contains(i)
+                        && mine.binary_search_by_key(i, |m| m.0).is_err()
+                })
                 .collect();
             (mine, theirs)
         };
         let result = self.read_missing(fc, ino, (first, last), &missing, ioprio);
         {
             let mut pm = lock(&fc.pages);
-            for i in &missing {
+            for (i, _) in &missing {
                 pm.reading.remove(i);
             }
         }
@@ -302,10 +329,37 @@ impl DataCtx<'_> {
         if theirs.iter().all(|i| pm.pages.contains_key(i)) {
             return Ok(());
         }
-        // The other reader failed, or some of those pages are holes
-        // (never cached): try ourselves (and report the error).
+        // The other reader failed: try ourselves (and report the error).
         drop(pm);
         self.fill(fc, ino, first, last, last, ioprio)
+    }
+
+    /// The pages of `[first, last]` of `ino` that have data on the device,
+    /// each with its block, in order: one extent lookup per run, so a hole
+    /// of any size costs one step.
+    fn data_blocks(&self, ino: u64, first: u64, last: u64) -> FsResult<Vec<(u64, u64)>> {
+        let mut m = lock(self.meta);
+        let st = m.load(ino)?;
+        let mut out = Vec::new();
+        let mut i = first;
+        while i <= last {
+            let step = match extmap::lookup(&st.map, i) {
+                Mapping::Hole { len } => len,
+                Mapping::Mapped {
+                    physical,
+                    len,
+                    unwritten,
+                } => {
+                    let n = len.min(last - i + 1);
+                    if !unwritten {
+                        out.extend((0..n).map(|k| (i + k, physical + k)));
+                    }
+                    n
+                }
+            };
+            i = i.saturating_add(step.max(1));
+        }
+        Ok(out)
     }
 
     /// Read pages `[first, last]` into the cache for a `biofs-ra` thread:
@@ -327,8 +381,8 @@ impl DataCtx<'_> {
         );
     }
 
-    /// Read pages `missing` (which this caller marked as being read) into
-    /// the cache; EIO if one inside `want` failed.
+    /// Read pages `missing`, each `(page, block)` (which this caller marked
+    /// as being read), into the cache; EIO if one inside `want` failed.
     #[allow(
         clippy::indexing_slicing,
         reason = "k is an index into reads that read_pages hands back, and idx has one entry per read"
@@ -338,31 +392,13 @@ impl DataCtx<'_> {
         fc: &FileCache,
         ino: u64,
         (first, last): (u64, u64),
-        missing: &[u64],
+        missing: &[(u64, u64)],
         ioprio: IoPrio,
     ) -> FsResult<()> {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut reads: Vec<u64> = Vec::new();
-        let mut idx = Vec::new();
-        {
-            let mut m = lock(self.meta);
-            let st = m.load(ino)?;
-            for &i in missing {
-                // Holes and unwritten extents read as zeros: no page, no
-                // I/O (the reader fills its reply with zeros).
-                if let Mapping::Mapped {
-                    physical,
-                    unwritten: false,
-                    ..
-                } = extmap::lookup(&st.map, i)
-                {
-                    reads.push(physical);
-                    idx.push(i);
-                }
-            }
-        }
+        let (idx, reads): (Vec<u64>, Vec<u64>) = missing.iter().copied().unzip();
         let (got, failed) = read_pages(self, ioprio, &reads);
         let mut result = Ok(());
         let mut loaded: Vec<(u64, Page)> = got.into_iter().map(|(k, p)| (idx[k], p)).collect();
@@ -411,12 +447,16 @@ impl DataCtx<'_> {
     /// Read up to `size` bytes of `ino` at `off`.
     pub fn read(&self, ino: u64, off: u64, size: u32, pid: u32) -> FsResult<Vec<u8>> {
         let mut out = Vec::new();
-        self.read_into(ino, off, size, pid, &mut out)?;
+        if let Filled::Zeros(n) = self.read_into(ino, off, size, pid, &mut out)? {
+            out.resize(n, 0);
+        }
         Ok(out)
     }
 
     /// Read up to `size` bytes of `ino` at `off` into `out` (cleared
-    /// first; a caller that keeps `out` reuses its memory).
+    /// first; a caller that keeps `out` reuses its memory), or say that
+    /// the range read is all holes ([`Filled::Zeros`], `out` left empty),
+    /// so that a caller can answer from zeros it already has.
     pub fn read_into(
         &self,
         ino: u64,
@@ -424,17 +464,17 @@ impl DataCtx<'_> {
         size: u32,
         pid: u32,
         out: &mut Vec<u8>,
-    ) -> FsResult<()> {
+    ) -> FsResult<Filled> {
         out.clear();
         let fc = self.cache.file(ino);
-        {
+        let filled = {
             let _g = read_lock(&fc.rw);
-            self.read_locked(&fc, ino, off, size, pid, out)?;
-        }
+            self.read_locked(&fc, ino, off, size, pid, out)?
+        };
         // Reads fill the cache too: keep it to its size (this file's
         // pages behind its readers first).
         self.cache.shrink_for(&fc);
-        Ok(())
+        Ok(filled)
     }
 
     /// [`DataCtx::read_into`] under the file's `rw` (shared).
@@ -446,7 +486,7 @@ impl DataCtx<'_> {
         size: u32,
         pid: u32,
         out: &mut Vec<u8>,
-    ) -> FsResult<()> {
+    ) -> FsResult<Filled> {
         let fsize = {
             let mut m = lock(self.meta);
             let i = m.get(ino)?;
@@ -457,7 +497,7 @@ impl DataCtx<'_> {
             }
         };
         if off >= fsize || size == 0 {
-            return Ok(());
+            return Ok(Filled::Buffer);
         }
         let end = (off + u64::from(size)).min(fsize);
         let first = off / BLOCK_SIZE_U64;
@@ -483,6 +523,11 @@ impl DataCtx<'_> {
         }
         self.fill(fc, ino, first, last, ra_last, ioprio)?;
         let pages = lock(&fc.pages);
+        // No page cached after a fill that succeeded (pages leave the cache
+        // only under `rw` held exclusively): holes or unwritten extents.
+        if pages.range(first..=last).next().is_none() {
+            return Ok(Filled::Zeros((end - off) as usize));
+        }
         out.reserve((end - off) as usize);
         for i in first..=last {
             let lo = if i == first {
@@ -503,7 +548,7 @@ impl DataCtx<'_> {
                 None => out.resize(out.len() + (hi - lo), 0),
             }
         }
-        Ok(())
+        Ok(Filled::Buffer)
     }
 
     /// Write `data` at `off` of `ino` into the cache (`append`: at the

@@ -19,5 +19,6 @@ pub mod txn;
 pub mod types;
 mod xattrs;
 
+pub use data::Filled;
 pub use ops::{Fs, MountError};
 pub use types::*;

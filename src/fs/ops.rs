@@ -17,7 +17,8 @@ use crossbeam_channel::{bounded, Sender};
 
 use super::atime::AtimePolicy;
 use super::data::{
-    allocate_unwritten, ioprio_of, lock, read_lock, write_lock, DataCtx, RaJob, MAX_FILE_SIZE,
+    allocate_unwritten, ioprio_of, lock, read_lock, write_lock, DataCtx, Filled, RaJob,
+    MAX_FILE_SIZE,
 };
 use super::extmap;
 use super::meta::{touch, Meta};
@@ -722,7 +723,8 @@ impl Fs {
     }
 
     /// [`Fs::read`] into `out` (cleared first), so a caller can keep one
-    /// buffer for all its reads.
+    /// buffer for all its reads; a range of holes is said, not written
+    /// ([`Filled::Zeros`]).
     pub fn read_into(
         &self,
         ctx: &Ctx,
@@ -730,7 +732,7 @@ impl Fs {
         off: u64,
         size: u32,
         out: &mut Vec<u8>,
-    ) -> FsResult<()> {
+    ) -> FsResult<Filled> {
         self.core.data().read_into(ino, off, size, ctx.pid, out)
     }
 

@@ -29,7 +29,7 @@ use super::counts;
 use super::errno::{own, to_fuse};
 use super::flush::{Flusher, KernelCached};
 use super::readdir::DirReply;
-use crate::fs::{Attr, Ctx, Errno, Fs, FsResult, SetAttr};
+use crate::fs::{Attr, Ctx, Errno, Filled, Fs, FsResult, SetAttr};
 
 /// The virtual xattr of the root directory that holds [`Fs::stats`]:
 /// answered by the adapter, never stored, not listed, not settable.
@@ -67,6 +67,10 @@ pub(super) const TTL: Duration = Duration::from_secs(3600);
 /// Largest write (and readahead) to negotiate: the kernel caps requests at
 /// `max_pages` (256 pages here), which fuser derives from these.
 const MAX_IO: u32 = 1 << 20;
+
+/// Zeros for the answer to a read of holes: the largest read, never
+/// written (so its pages are the kernel's shared zero page).
+static ZEROS: [u8; MAX_IO as usize] = [0; MAX_IO as usize];
 
 /// What the adapter negotiates with the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -615,13 +619,22 @@ impl Filesystem for FuseFs {
             }
             let mut buf = take_read_buf();
             match self.fs.read_into(&ctx(req), ino.0, offset, size, &mut buf) {
-                Ok(()) => {
+                Ok(filled) => {
                     // Before the reply: the kernel then drops its cached
                     // atime (fuse_invalidate_atime), and stat asks again.
                     if flags.0 & libc::O_NOATIME == 0 {
                         self.fs.accessed(ino.0);
                     }
-                    reply.data(&buf)
+                    match filled {
+                        Filled::Buffer => reply.data(&buf),
+                        Filled::Zeros(n) => match ZEROS.get(..n) {
+                            Some(zeros) => reply.data(zeros),
+                            None => {
+                                buf.resize(n, 0);
+                                reply.data(&buf)
+                            }
+                        },
+                    }
                 }
                 Err(e) => reply.error(to_fuse(e)),
             }
