@@ -85,6 +85,8 @@ pub struct Meta {
     /// Blocks data can't be promised: room for the metadata (extent trees,
     /// directories, xattrs) of changes already accepted.
     margin: u64,
+    /// Transactions this mount has committed ([`Meta::running_tid`]).
+    commits: u64,
     /// Set after a failed commit: no more changes (as ext4's
     /// errors=remount-ro).
     pub failed: bool,
@@ -193,6 +195,7 @@ impl Meta {
         let (free_count, _) = alloc.free_counts(&mut bufs)?;
         Ok(Meta {
             free_count,
+            commits: 0,
             reserved: 0,
             margin: (geo.data_blocks() / 100).max(128),
             alloc,
@@ -702,7 +705,20 @@ impl Meta {
         }
         self.free_count += self.alloc.pending_len();
         self.alloc.committed();
+        self.commits += 1;
         Ok(true)
+    }
+
+    /// The transaction running now, as a number: every change made so far
+    /// is in it or in one before it, and it is committed once
+    /// [`Meta::committed`] reaches it (jbd2's `tid`).
+    pub fn running_tid(&self) -> u64 {
+        self.commits + 1
+    }
+
+    /// Transactions committed by this mount.
+    pub fn committed(&self) -> u64 {
+        self.commits
     }
 
     /// Commit, write everything home and mark the filesystem clean; no

@@ -8,7 +8,7 @@
 //! `commit_interval_secs`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -62,6 +62,10 @@ struct Core {
     readahead: Sender<RaJob>,
     /// One remount at a time.
     remount_lock: Mutex<()>,
+    /// fsyncs asked for, and those a commit run by another fsync (or
+    /// sync) made durable (group commit).
+    fsyncs: AtomicU64,
+    fsyncs_shared: AtomicU64,
 }
 
 /// A mounted biofs.
@@ -131,7 +135,26 @@ impl Core {
     /// (or, with nothing to commit, flush the device so that data written
     /// in place is durable).
     fn sync(&self, ioprio: IoPrio) -> FsResult<()> {
-        let _c = lock(&self.commit_lock);
+        let c = lock(&self.commit_lock);
+        self.sync_locked(&c, ioprio)
+    }
+
+    /// Make transaction `tid` durable (group commit, as jbd2's
+    /// `jbd2_log_wait_commit`): fsyncs that arrive while another is
+    /// committing wait for that one, and return without a commit of their
+    /// own if it took their transaction; the first to find it still
+    /// uncommitted commits for all.
+    fn sync_through(&self, tid: u64, ioprio: IoPrio) -> FsResult<()> {
+        let c = lock(&self.commit_lock);
+        if lock(&self.meta).committed() >= tid {
+            self.fsyncs_shared.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.sync_locked(&c, ioprio)
+    }
+
+    /// [`Core::sync`] with `commit_lock` held.
+    fn sync_locked(&self, _commit: &std::sync::MutexGuard<'_, ()>, ioprio: IoPrio) -> FsResult<()> {
         let mut first_err = None;
         let mut no_space = Vec::new();
         for ino in self.cache.dirty_files() {
@@ -312,6 +335,8 @@ impl Fs {
             stopped: AtomicBool::new(false),
             readahead: ra_tx,
             remount_lock: Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
+            fsyncs_shared: AtomicU64::new(0),
         });
         spawn_readahead(&core, ra_rx)?;
         let flusher = if opts.read_only {
@@ -439,15 +464,28 @@ impl Fs {
         }
     }
 
-    /// The engine's statistics and the page cache's, as text.
+    /// The engine's statistics, the page cache's and the journal's, as
+    /// text.
     pub fn stats(&self) -> String {
         let s = self.core.dev.queue().stats();
         let (cached, dirty, limit) = self.core.cache.stats();
+        let (commits, fsyncs, shared) = self.commit_counts();
         format!(
-            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n{}\n",
+            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n{}\n\
+             journal: {commits} commits; {fsyncs} fsyncs, {shared} made durable by a commit of another's\n",
             (cached * 4096) >> 20,
             (limit * 4096) >> 20,
             crate::block::pool_stats()
+        )
+    }
+
+    /// Transactions committed by this mount, fsyncs asked for, and fsyncs
+    /// that shared a commit another ran (group commit).
+    pub fn commit_counts(&self) -> (u64, u64, u64) {
+        (
+            lock(&self.core.meta).committed(),
+            self.core.fsyncs.load(Ordering::Relaxed),
+            self.core.fsyncs_shared.load(Ordering::Relaxed),
         )
     }
 
@@ -754,10 +792,19 @@ impl Fs {
         if self.is_read_only() {
             return Ok(());
         }
+        self.core.fsyncs.fetch_add(1, Ordering::Relaxed);
         // ENOSPC may be blocks freed but not yet committed: the commit in
         // `sync` frees them and writes back again.
         match self.core.data().writeback(ino, IoPrio::DEFAULT) {
-            Ok(()) | Err(Errno::ENOSPC) => {}
+            Ok(()) => {
+                // The file's data is on the device and its metadata in the
+                // running transaction or one before: that transaction's
+                // commit (its flush before the commit block) makes both
+                // durable, whoever runs it.
+                let tid = lock(&self.core.meta).running_tid();
+                return self.core.sync_through(tid, IoPrio::DEFAULT);
+            }
+            Err(Errno::ENOSPC) => {}
             Err(e) => return Err(e),
         }
         self.core.sync(IoPrio::DEFAULT)?;
