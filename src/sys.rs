@@ -785,12 +785,17 @@ pub unsafe fn discard_memory(ptr: *mut u8, len: usize) {
 /// Keep large allocations (a FUSE read's or write's megabyte buffers) in
 /// the heap instead of a fresh `mmap` each time: every fresh mapping is
 /// faulted in and zeroed page by page, which cost a mount more CPU than
-/// its copies did. Best effort: `mallopt` failing changes nothing else.
+/// its copies did. Allocations of 8 MiB and more still get a mapping of
+/// their own: those are fuser's per-thread request buffers (16 MiB each,
+/// allocated once and zeroed), of which only the first megabyte is ever
+/// used; from recycled heap memory `calloc` zeroes (and so makes
+/// resident) all 16 MiB, from a fresh mapping nothing until it is used.
+/// Best effort: `mallopt` failing changes nothing else.
 pub fn keep_large_allocations_in_heap() {
     // SAFETY: mallopt only sets allocator parameters; it is called before
     // the process starts its threads and has no memory-safety contract.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
