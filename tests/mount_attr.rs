@@ -625,10 +625,9 @@ fn writes_by_another_user_clear_setuid_and_setgid() {
 
 /// Linux 6.x also clears setgid-without-group-exec when the writer is not
 /// in the file's group. Over FUSE that decision is the filesystem's only
-/// with FUSE_HANDLE_KILLPRIV_V2, which fuser 0.18 can't negotiate; without
-/// it the kernel applies the older rule and keeps the bit.
+/// with FUSE_HANDLE_KILLPRIV_V2 (without it the kernel applies the older
+/// rule and keeps the bit).
 #[test]
-#[ignore = "needs FUSE_HANDLE_KILLPRIV_V2, which fuser 0.18 can't negotiate (passes on ext4 and tmpfs)"]
 fn writes_by_a_non_member_clear_setgid_without_group_exec() {
     let m = mount!();
     chmod(m.root(), 0o755);
@@ -643,6 +642,48 @@ fn writes_by_a_non_member_clear_setgid_without_group_exec() {
         0o666,
         "setgid without group x is cleared by a writer outside the group"
     );
+}
+
+/// chown(-1, -1) by the owner clears setuid, and setgid with group
+/// execute, as a change of owner does (Linux's chown_common()).
+#[test]
+fn chown_to_the_same_owner_clears_setuid_and_setgid() {
+    let m = mount!();
+    chmod(m.root(), 0o777);
+    let f = m.path("f");
+    ok(fs::write(&f, b"x"), "create");
+    ok(chown(&f, Some(NOBODY), Some(NOBODY)), "chown");
+    chmod(&f, 0o6755);
+    let ff = f.clone();
+    as_user(NOBODY, NOBODY, &[], move || {
+        ok(chown(&ff, None, None), "chown -1 -1")
+    });
+    assert_eq!(md(&f).mode() & 0o7777, 0o755);
+}
+
+/// The kernel asks for `security.capability` before a write only until
+/// it knows a file has neither it nor setuid/setgid (SB_NOSEC, which a
+/// FUSE superblock gets with FUSE_HANDLE_KILLPRIV_V2): small appends cost
+/// one round trip each, not two.
+#[test]
+fn appends_do_not_ask_for_security_capability_each_time() {
+    let m = mount!();
+    if !m.is_biofs() {
+        return;
+    }
+    let p = m.path("log");
+    let mut f = ok(
+        OpenOptions::new().create(true).append(true).open(&p),
+        "open",
+    );
+    ok(f.write_all(b"first\n"), "write");
+    let before = requests(&m, "getxattr");
+    for _ in 0..200 {
+        ok(f.write_all(b"0123456789\n"), "append");
+    }
+    let asked = requests(&m, "getxattr") - before;
+    assert!(asked <= 2, "{asked} GETXATTRs for 200 appends");
+    assert_eq!(md(&p).len(), 6 + 200 * 11);
 }
 
 fn append(p: &Path) {
@@ -794,6 +835,11 @@ fn blocks_given_at_writeback_reach_a_cached_stat() {
 
 /// How many LOOKUPs the mount has answered, from `biofs stats`.
 fn lookups(m: &Mounted) -> u64 {
+    requests(m, "lookup")
+}
+
+/// FUSE requests of opcode `op` biofs has answered (`biofs stats`).
+fn requests(m: &Mounted, op: &str) -> u64 {
     // The text grows between a size query and the read: one large buffer.
     let mut buf = vec![0u8; 1 << 16];
     let n = ok(
@@ -802,7 +848,7 @@ fn lookups(m: &Mounted) -> u64 {
     );
     let s = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
     s.lines()
-        .find_map(|l| l.trim_start().strip_prefix("lookup "))
+        .find_map(|l| l.trim_start().strip_prefix(op)?.strip_prefix(' '))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)

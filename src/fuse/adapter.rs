@@ -150,7 +150,11 @@ impl FuseFs {
             // kernel's inode: it decodes one by a LOOKUP of "." in the
             // handle's node (an inode number, stable across mounts) and
             // of ".." to reconnect a directory, and compares generations.
-            | InitFlags::FUSE_EXPORT_SUPPORT;
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            // Clearing setuid and setgid is biofs's (privs.rs); the
+            // superblock then gets SB_NOSEC, and a write no longer costs a
+            // GETXATTR of security.capability.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if cfg.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -440,6 +444,22 @@ impl Filesystem for FuseFs {
                 && ctime.is_none();
             if size.is_some() || nothing {
                 mode = match self.killed_mode(&ctx, ino.0, mode) {
+                    Ok(m) => m,
+                    Err(e) => return reply.error(to_fuse(e)),
+                };
+            }
+            // A chown clears setuid and setgid (privs.rs). chown(-1, -1)
+            // comes as a SETATTR of ctime alone with the writeback cache,
+            // and as one that sets nothing without it (taken above as a
+            // data change: the same bits go, unless the caller has
+            // CAP_FSETID, where a chown would still clear setuid).
+            let ctime_alone = ctime.is_some()
+                && mode.is_none()
+                && size.is_none()
+                && atime.is_none()
+                && mtime.is_none();
+            if uid.is_some() || gid.is_some() || ctime_alone {
+                mode = match self.owner_killed_mode(&ctx, ino.0, mode) {
                     Ok(m) => m,
                     Err(e) => return reply.error(to_fuse(e)),
                 };

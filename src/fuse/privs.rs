@@ -14,14 +14,32 @@
 //! - setting an access ACL clears S_ISGID (of any inode) when the caller
 //!   is neither in the inode's group nor has CAP_FSETID.
 //!
-//! Without FUSE_HANDLE_KILLPRIV_V2 the kernel's FUSE clears S_ISUID and a
-//! group-executable S_ISGID itself (a SETATTR before the write), but not
-//! the rest, and nothing at all for an `open(O_TRUNC)` (with
-//! FUSE_ATOMIC_O_TRUNC) or an ACL. When its rules kill nothing it still
-//! sends a SETATTR that sets nothing, with the writer's credentials: with
-//! the writeback cache (whose writes reach biofs later, without them) that
-//! is where biofs applies the rules. The caller is the request's thread:
-//! its capabilities and supplementary groups come from `/proc/PID/status`.
+//! And of `chown_common()` (fs/open.c): a change of owner or group of
+//! anything but a directory clears S_ISUID whoever makes it, and S_ISGID
+//! as `setattr_should_drop_sgid()` says (group-executable, or a caller
+//! outside the file's old group without CAP_FSETID).
+//!
+//! biofs negotiates FUSE_HANDLE_KILLPRIV_V2, which leaves all of that to
+//! the filesystem: the kernel's FUSE sends no mode change for it (it drops
+//! the one `notify_change()` computes), and in return its superblock has
+//! SB_NOSEC, so a file that has neither bit nor `security.capability`
+//! stops costing a GETXATTR of that xattr on every `write()`. The kernel
+//! still removes `security.capability` itself (`notify_change()`'s
+//! ATTR_KILL_PRIV, a REMOVEXATTR). biofs applies the rules from the
+//! request's credentials, on WRITE, on a SETATTR of the size, of the owner
+//! or group, on OPEN with O_TRUNC, on FALLOCATE and when an ACL is set;
+//! where a bit goes, the kernel's cached attributes are dropped.
+//! chown(-1, -1) reaches biofs as a SETATTR that sets nothing (ctime
+//! alone with the writeback cache): the same request as a write's
+//! `file_remove_privs()` without the writeback cache, so it is given the
+//! data-change rule, which is the chown rule for a caller without
+//! CAP_FSETID. One difference from ext4 is left: a chown(-1, -1) by a
+//! caller with CAP_FSETID (root) keeps setuid. With the writeback cache
+//! the kernel sends a write that must clear a bit through (with the
+//! writer's credentials) instead of caching it, and a SETATTR that sets
+//! nothing is taken as a data change too. The caller is the request's
+//! thread: its capabilities and supplementary groups come from
+//! `/proc/PID/status`.
 
 use super::adapter::FuseFs;
 use crate::format::inode::FileType;
@@ -100,6 +118,22 @@ pub fn data_change_kills(a: &Attr, caller: &Caller) -> u32 {
     kill
 }
 
+/// The bits a change of owner or group of an inode with attributes `a`
+/// clears (`chown_common()`): S_ISUID of anything but a directory, and
+/// S_ISGID if group-executable or `in_group` (asked only then: whether the
+/// caller is in the file's group or has CAP_FSETID) says no.
+pub fn owner_change_kills(a: &Attr, in_group: impl FnOnce(u32) -> bool) -> u32 {
+    let mode = u32::from(a.perm);
+    if a.kind == FileType::Directory {
+        return 0;
+    }
+    let mut kill = mode & S_ISUID;
+    if mode & S_ISGID != 0 && (mode & S_IXGRP != 0 || !in_group(a.gid)) {
+        kill |= S_ISGID;
+    }
+    kill
+}
+
 /// Whether a change of the data of an inode with attributes `a` may clear
 /// a bit: cheap, so that only then is the caller looked up.
 pub fn may_kill(a: &Attr) -> bool {
@@ -124,6 +158,27 @@ impl FuseFs {
             self.invalidate_attrs(ino);
         }
         Ok(())
+    }
+
+    /// The mode a change of owner or group of `ino` by `ctx` leaves, if
+    /// it must change: `mode` (a chmod in the same request) or the
+    /// inode's, less what [`owner_change_kills`] clears.
+    pub(super) fn owner_killed_mode(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        mode: Option<u32>,
+    ) -> FsResult<Option<u32>> {
+        let mut a = self.fs.getattr(ino)?;
+        if let Some(m) = mode {
+            a.perm = (m & 0o7777) as u16;
+        }
+        let kill = owner_change_kills(&a, |gid| Caller::of(ctx).in_group_or_capable(gid));
+        Ok(if kill != 0 {
+            Some(u32::from(a.perm) & !kill)
+        } else {
+            mode
+        })
     }
 
     /// The mode a truncate (or another change of the data) by `ctx` to
@@ -225,6 +280,15 @@ mod tests {
         assert_eq!(data_change_kills(&f(0o6777), &root), 0);
         let d = attr(FileType::Directory, 0o2777, 0);
         assert_eq!(data_change_kills(&d, &user(&[65534])), 0);
+        // chown: setuid goes whoever changes the owner (root too), setgid
+        // with group execute, or for a caller outside the group.
+        let yes = |_| true;
+        let no = |_| false;
+        assert_eq!(owner_change_kills(&f(0o6755), yes), S_ISUID | S_ISGID);
+        assert_eq!(owner_change_kills(&f(0o6745), yes), S_ISUID);
+        assert_eq!(owner_change_kills(&f(0o2745), no), S_ISGID);
+        assert_eq!(owner_change_kills(&f(0o0755), no), 0);
+        assert_eq!(owner_change_kills(&d, no), 0);
         assert!(!may_kill(&d));
         assert!(may_kill(&f(0o2644)));
         assert!(!may_kill(&f(0o1777)));
