@@ -13,8 +13,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::alloc::Allocator;
+use super::buffer::Buffers;
 use super::extmap;
-use super::txn::{Journaled, MetaIo, Txn};
+use super::txn::{Journaled, MetaIo};
 use super::types::{Errno, FsResult};
 use crate::format::dev::{BioError, Dev};
 use crate::format::error::{FormatError, Result};
@@ -23,9 +24,6 @@ use crate::format::geometry::Geometry;
 use crate::format::inode::{FileType, Inode, InodeData, Timespec};
 use crate::format::superblock::Superblock;
 use crate::format::INODE_SIZE;
-
-/// Clean metadata blocks kept in memory (16 MiB).
-const CACHE_BLOCKS: usize = 4096;
 
 /// Blocks a metadata operation may need at most (a directory split at
 /// every level, an xattr block, a long symlink): it is refused with
@@ -48,14 +46,6 @@ pub struct InodeState {
     pub lookups: u64,
     /// Open file handles.
     pub opens: u32,
-}
-
-/// The buffer cache: the running transaction's images, then the
-/// journal's committed ones, then clean blocks read from the device.
-pub struct Buffers {
-    pub j: Journaled,
-    pub txn: Txn,
-    cache: HashMap<u64, Vec<u8>>,
 }
 
 /// Metadata state of a mount.
@@ -141,42 +131,16 @@ pub fn fail(what: &str, e: FormatError) -> Errno {
     n
 }
 
-impl MetaIo for Buffers {
-    fn read_meta(&mut self, b: u64) -> Result<Vec<u8>> {
-        if let Some(img) = self.txn.image(b) {
-            return Ok(img.to_vec());
-        }
-        if let Some(img) = self.j.committed_image(b) {
-            return Ok(img.to_vec());
-        }
-        if let Some(img) = self.cache.get(&b) {
-            return Ok(img.clone());
-        }
-        let raw = self.j.read(b)?;
-        if self.cache.len() >= CACHE_BLOCKS {
-            let drop: Vec<u64> = self.cache.keys().take(CACHE_BLOCKS / 2).copied().collect();
-            for k in drop {
-                self.cache.remove(&k);
-            }
-        }
-        self.cache.insert(b, raw.clone());
-        Ok(raw)
-    }
-
-    fn write_meta(&mut self, b: u64, data: Vec<u8>) {
-        self.txn.write(b, data);
-    }
-
-    fn revoke_meta(&mut self, b: u64) {
-        self.cache.remove(&b);
-        self.txn.revoke(b);
-    }
-}
-
 impl Meta {
-    /// Open the journal (replaying it) and the metadata; `read_only`
-    /// writes nothing and refuses every change with EROFS.
-    pub fn new(dev: Arc<Dev>, sb: Superblock, read_only: bool) -> Result<Meta> {
+    /// Open the journal (replaying it) and the metadata, with a buffer
+    /// cache of `cache_blocks` clean blocks; `read_only` writes nothing and
+    /// refuses every change with EROFS.
+    pub fn new(
+        dev: Arc<Dev>,
+        sb: Superblock,
+        read_only: bool,
+        cache_blocks: usize,
+    ) -> Result<Meta> {
         let j = if read_only {
             Journaled::open_read_only(dev, sb)?
         } else {
@@ -185,11 +149,7 @@ impl Meta {
         let sb = j.superblock().clone();
         let geo = sb.geometry()?;
         let alloc = Allocator::new(geo, sb.seed());
-        let mut bufs = Buffers {
-            j,
-            txn: Txn::default(),
-            cache: HashMap::new(),
-        };
+        let mut bufs = Buffers::new(j, cache_blocks);
         let (free_count, _) = alloc.free_counts(&mut bufs)?;
         Ok(Meta {
             free_count,
@@ -457,7 +417,11 @@ impl Meta {
         }
         self.orphan_remove(ino, orphan_next)?;
         let (b, off) = self.geo.ino_location(ino);
-        let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
+        let mut raw = self
+            .bufs
+            .read_meta(b)
+            .map_err(|e| fail("inode table", e))?
+            .to_vec();
         raw.get_mut(off..off + INODE_SIZE)
             .ok_or_else(short_itable)?
             .fill(0);
@@ -578,7 +542,11 @@ impl Meta {
             };
             let inode = st.inode.clone();
             let (b, off) = self.geo.ino_location(ino);
-            let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
+            let mut raw = self
+                .bufs
+                .read_meta(b)
+                .map_err(|e| fail("inode table", e))?
+                .to_vec();
             let slot = raw
                 .get_mut(off..off + INODE_SIZE)
                 .ok_or_else(short_itable)?;
@@ -691,14 +659,9 @@ impl Meta {
         if self.bufs.txn.is_empty() {
             return Ok(false);
         }
-        let txn = std::mem::take(&mut self.bufs.txn);
-        let blocks: Vec<u64> = txn.blocks().collect();
-        if let Err(e) = self.bufs.j.commit(txn) {
+        if let Err(e) = self.bufs.commit() {
             self.failed = true;
             return Err(fail("journal commit (no more changes will be accepted)", e));
-        }
-        for b in blocks {
-            self.bufs.cache.remove(&b);
         }
         self.free_count += self.alloc.pending_len();
         self.alloc.committed();

@@ -7,6 +7,7 @@
 
 pub mod alloc;
 mod atime;
+pub mod buffer;
 mod data;
 pub mod dir;
 pub mod extmap;

@@ -276,7 +276,7 @@ impl Fs {
             ));
         }
         let dev = Arc::new(dev);
-        let mut meta = Meta::new(dev.clone(), sb, opts.read_only)?;
+        let mut meta = Meta::new(dev.clone(), sb, opts.read_only, opts.meta_cache_blocks())?;
         let root = meta.get(ROOT_INO).map_err(|e| {
             MountError::Refused(format!(
                 "the root directory can't be read ({e}); run fsck.biofs"
