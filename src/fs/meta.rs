@@ -68,6 +68,9 @@ pub struct Meta {
     /// Blocks free for use now (the bitmaps' count less blocks freed in
     /// the running transaction, which are not reusable before it commits).
     free_count: u64,
+    /// Free inodes (the group descriptors' count), kept here so that
+    /// statfs reads no descriptor.
+    free_inodes: u64,
     /// Blocks promised to dirty pages that have none yet (delayed
     /// allocation): a write that can't be promised space gets ENOSPC then,
     /// not its writeback later.
@@ -150,9 +153,10 @@ impl Meta {
         let geo = sb.geometry()?;
         let alloc = Allocator::new(geo, sb.seed());
         let mut bufs = Buffers::new(j, cache_blocks);
-        let (free_count, _) = alloc.free_counts(&mut bufs)?;
+        let (free_count, free_inodes) = alloc.free_counts(&mut bufs)?;
         Ok(Meta {
             free_count,
+            free_inodes,
             reserved: 0,
             margin: (geo.data_blocks() / 100).max(128),
             alloc,
@@ -303,6 +307,7 @@ impl Meta {
             .alloc
             .alloc_inode(&mut self.bufs, hint, dir)
             .map_err(|e| fail("allocating an inode", e))?;
+        self.free_inodes = self.free_inodes.saturating_sub(1);
         let old = self.inodes.get(&ino).map(|s| s.inode.generation);
         inode.generation = new_generation(ino, old);
         self.inodes.insert(
@@ -429,6 +434,7 @@ impl Meta {
         self.alloc
             .free_inode(&mut self.bufs, ino, dir)
             .map_err(|e| fail("freeing an inode", e))?;
+        self.free_inodes += 1;
         self.dirty.remove(&ino);
         self.inodes.remove(&ino);
         Ok(())
@@ -677,11 +683,27 @@ impl Meta {
         Ok(())
     }
 
-    /// Free blocks and inodes (for statfs).
-    pub fn free_counts(&mut self) -> FsResult<(u64, u64)> {
-        self.alloc
+    /// Free inodes (for statfs).
+    pub fn free_inodes(&self) -> u64 {
+        self.free_inodes
+    }
+
+    /// The free blocks and inodes kept in memory against the group
+    /// descriptors' counts (which the allocator changes with them): a
+    /// walk of every descriptor, for tests. `Err` names both.
+    #[cfg(test)]
+    pub fn check_free_counts(&mut self) -> std::result::Result<(), String> {
+        let walked = self
+            .alloc
             .free_counts(&mut self.bufs)
-            .map_err(|e| fail("statfs", e))
+            .map_err(|e| e.to_string())?;
+        let kept = (self.free_count, self.free_inodes);
+        if walked != kept {
+            return Err(format!(
+                "free (blocks, inodes): {kept:?} in memory, {walked:?} in the descriptors"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -817,8 +817,8 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let mut m = self.meta();
-        let (_, ffree) = m.free_counts()?;
+        let m = self.meta();
+        let ffree = m.free_inodes();
         let (bfree, bavail) = m.block_counts();
         Ok(StatFs {
             blocks: m.geo.data_blocks(),
@@ -945,3 +945,6 @@ impl Drop for Fs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
