@@ -438,16 +438,29 @@ impl Fs {
         }
     }
 
-    /// The engine's statistics and the page cache's, as text.
+    /// The engine's statistics, the page cache's and the buffer
+    /// cache's, as text.
     pub fn stats(&self) -> String {
         let s = self.core.dev.queue().stats();
         let (cached, dirty, limit) = self.core.cache.stats();
+        let b = self.buffer_stats();
         format!(
-            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n{}\n",
+            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n\
+             buffer cache: {} of {} blocks held, {} hits, {} misses, {} evictions\n{}\n",
             (cached * 4096) >> 20,
             (limit * 4096) >> 20,
+            b.held,
+            b.capacity,
+            b.hits,
+            b.misses,
+            b.evictions,
             crate::block::pool_stats()
         )
+    }
+
+    /// The buffer cache's counts.
+    pub fn buffer_stats(&self) -> super::buffer::BufferStats {
+        self.meta().bufs.cache.stats()
     }
 
     /// The engine's statistics, as numbers.

@@ -109,4 +109,12 @@ fn free_counts_in_memory_match_the_descriptors() {
     check_counts(&fs, "after mkdir/rmdir");
     fs.syncfs().unwrap();
     check_counts(&fs, "at the end");
+    let b = fs.buffer_stats();
+    assert!(
+        b.held <= 16 && b.evictions > 0 && b.hits > b.misses,
+        "{b:?}"
+    );
+    assert!(fs
+        .stats()
+        .contains(&format!("buffer cache: {} of 16 blocks held", b.held)));
 }
