@@ -1,7 +1,8 @@
 //! The metadata side of a mounted filesystem: the buffer cache in front of
-//! the journal, the running transaction, the inode cache (decoded inodes
-//! with their whole extent maps) and the orphan list. One `Meta` lives
-//! under the filesystem's metadata lock; everything here runs with it held.
+//! the journal ([`Buffers`]), the running transaction, the inode cache
+//! (decoded inodes with their whole extent maps) and the orphan list.
+//! One `Meta` lives under the filesystem's metadata lock; everything here
+//! runs with it held.
 //!
 //! Changes go into the running transaction as new block images
 //! ([`MetaIo`]); inodes are encoded into their inode-table blocks, and
