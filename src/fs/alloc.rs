@@ -148,15 +148,27 @@ impl Allocator {
             if d.free_blocks == 0 {
                 continue;
             }
-            let mut map = self.block_bitmap(io, g, &d)?.to_vec();
-            // Blocks freed in this transaction look used to the search.
-            for &b in &self.pending_free {
-                if let Some((pg, i)) = self.geo.block_group(b) {
-                    if pg == g {
-                        bitmap::set(&mut map, i as usize);
-                    }
+            let shared = self.block_bitmap(io, g, &d)?;
+            // Blocks freed in this transaction look used to the search: a
+            // copy marks them, where the group has any.
+            let pending: Vec<usize> = self
+                .pending_free
+                .iter()
+                .filter_map(|&b| self.geo.block_group(b))
+                .filter(|&(pg, _)| pg == g)
+                .map(|(_, i)| i as usize)
+                .collect();
+            let marked;
+            let map: &[u8] = if pending.is_empty() {
+                &shared
+            } else {
+                let mut m = shared.to_vec();
+                for i in pending {
+                    bitmap::set(&mut m, i);
                 }
-            }
+                marked = m;
+                &marked
+            };
             let from = match self.geo.block_group(goal) {
                 Some((gg, i)) if gg == g => i as usize,
                 _ => self.geo.group_meta_blocks() as usize,
@@ -165,11 +177,11 @@ impl Allocator {
             // From the goal on; if that finds no whole run, the longest of
             // that and a search from the group's start.
             let meta = self.geo.group_meta_blocks() as usize;
-            let after = bitmap::find_free_run(&map, from, limit, want as usize);
+            let after = bitmap::find_free_run(map, from, limit, want as usize);
             let found = match after {
                 Some((s, l)) if l >= want as usize => Some((s, l)),
                 _ if from > meta => {
-                    let whole = bitmap::find_free_run(&map, meta, limit, want as usize);
+                    let whole = bitmap::find_free_run(map, meta, limit, want as usize);
                     match (after, whole) {
                         (Some(a), Some(w)) => Some(if w.1 > a.1 { w } else { a }),
                         (a, w) => a.or(w),
