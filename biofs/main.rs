@@ -109,6 +109,10 @@ OPTIONS
         cache_size=SIZE
             The page cache limit, in bytes with an optional K, M, G or T
             suffix (default 256M).
+        meta_cache_size=SIZE
+            The metadata buffer cache limit, in bytes with an optional
+            suffix (default: an eighth of cache_size, at least 16M); the
+            least recently used blocks go first.
         workers=N
             Block engine queue workers (default 0: the engine's choice, 4).
         queue_depth=N

@@ -43,6 +43,9 @@ fn opts() -> MountOptions {
     MountOptions {
         // No background commits: the workload decides every commit.
         commit_interval_secs: 3600,
+        // A small buffer cache, so that blocks are evicted and read back
+        // between the crash points (issue 12).
+        meta_cache_bytes: Some(16 * 4096),
         ..MountOptions::default()
     }
 }

@@ -88,7 +88,7 @@ fn revoked_blocks_are_not_replayed() {
         let b = img.geo.group_start(0) + u64::from(img.geo.group_blocks(0)) - 1;
         let mut j = Journal::open(&dev, &img.sb).unwrap();
         j.commit(&dev, &[(b, vec![0xAB; BLOCK_SIZE])], &[]).unwrap();
-        j.commit(&dev, &[], &[b]).unwrap();
+        j.commit::<Vec<u8>>(&dev, &[], &[b]).unwrap();
         b
     };
     dev.close().unwrap();

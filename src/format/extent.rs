@@ -375,12 +375,12 @@ struct Pending {
 /// (fsck) damage is listed in [`TreeWalk::problems`] and the damaged part
 /// skipped. A read that fails for another reason than damage (the device
 /// is in trouble) is `Err` either way.
-pub fn walk_tree(
+pub fn walk_tree<B: AsRef<[u8]>>(
     seed: u32,
     ino: u64,
     root: &ExtentNode,
     geo: &Geometry,
-    read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
+    read: &mut dyn FnMut(u64) -> Result<B>,
     strict: bool,
 ) -> Result<TreeWalk> {
     let mut w = TreeWalk::default();
@@ -475,7 +475,7 @@ pub fn walk_tree(
             continue;
         }
         let node = match read(p.block)
-            .and_then(|raw| ExtentNode::decode_block(seed, p.block, ino, &raw))
+            .and_then(|raw| ExtentNode::decode_block(seed, p.block, ino, raw.as_ref()))
         {
             Ok(n) => n,
             Err(e) if e.is_corruption() => {
@@ -501,12 +501,12 @@ pub fn walk_tree(
 /// Every extent below `root` (inode `ino`'s) and the node blocks, for the
 /// mount: [`walk_tree`], strict. Any damage is `Err(Corrupt)`, for the
 /// mount to refuse the file rather than guess.
-pub fn read_tree(
+pub fn read_tree<B: AsRef<[u8]>>(
     seed: u32,
     ino: u64,
     root: &ExtentNode,
     geo: &Geometry,
-    read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
+    read: &mut dyn FnMut(u64) -> Result<B>,
 ) -> Result<(Vec<Extent>, Vec<u64>)> {
     let w = walk_tree(seed, ino, root, geo, read, true)?;
     Ok((w.extents, w.nodes))

@@ -252,7 +252,12 @@ impl Journal {
     /// older images must not be replayed). When this returns Ok, the
     /// transaction survives a crash. The homes are not written: replay (or
     /// the filesystem's checkpoint) does that.
-    pub fn commit(&mut self, dev: &Dev, blocks: &[(u64, Vec<u8>)], revokes: &[u64]) -> Result<u64> {
+    pub fn commit<B: AsRef<[u8]>>(
+        &mut self,
+        dev: &Dev,
+        blocks: &[(u64, B)],
+        revokes: &[u64],
+    ) -> Result<u64> {
         // A block freed and logged again in one transaction keeps its new
         // image: its revoke is cancelled (JBD2's cancel_revoke), or replay
         // would skip the image (a revoke covers its own transaction).
@@ -287,7 +292,7 @@ impl Journal {
             ));
         }
         for &(b, ref data) in blocks {
-            if !self.target_ok(b) || data.len() != BLOCK_SIZE {
+            if !self.target_ok(b) || data.as_ref().len() != BLOCK_SIZE {
                 return Err(FormatError::invalid(
                     "journal",
                     format!("can't log block {b}"),
@@ -314,8 +319,8 @@ impl Journal {
             pos = self.next(pos);
             for (_, data) in chunk {
                 let at = self.log_block(pos);
-                crc = crc32c::crc32c_append(crc, data);
-                images.push((at, data.as_slice()));
+                crc = crc32c::crc32c_append(crc, data.as_ref());
+                images.push((at, data.as_ref()));
                 pos = self.next(pos);
             }
         }

@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 
+use super::buffer::MetaBuf;
 use super::txn::MetaIo;
 use crate::format::bitmap;
 use crate::format::error::{FormatError, Result};
@@ -76,7 +77,7 @@ impl Allocator {
 
     fn put_desc(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<()> {
         let (b, off) = self.geo.desc_location(g);
-        let mut raw = io.read_meta(b)?;
+        let mut raw = io.read_meta(b)?.to_vec();
         let slot = raw.get_mut(off..);
         d.encode(
             self.seed,
@@ -87,9 +88,9 @@ impl Allocator {
         Ok(())
     }
 
-    fn block_bitmap(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
+    fn block_bitmap(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<MetaBuf> {
         if d.block_uninit() {
-            return Ok(uninit_block_bitmap(&self.geo, g));
+            return Ok(MetaBuf::from(uninit_block_bitmap(&self.geo, g)));
         }
         let b = self.geo.block_bitmap(g);
         let raw = io.read_meta(b)?;
@@ -102,9 +103,9 @@ impl Allocator {
         Ok(raw)
     }
 
-    fn inode_bitmap(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<Vec<u8>> {
+    fn inode_bitmap(&self, io: &mut dyn MetaIo, g: u32, d: &GroupDesc) -> Result<MetaBuf> {
         if d.inode_uninit() {
-            return Ok(uninit_inode_bitmap(&self.geo));
+            return Ok(MetaBuf::from(uninit_inode_bitmap(&self.geo)));
         }
         let b = self.geo.inode_bitmap(g);
         let raw = io.read_meta(b)?;
@@ -147,15 +148,27 @@ impl Allocator {
             if d.free_blocks == 0 {
                 continue;
             }
-            let mut map = self.block_bitmap(io, g, &d)?;
-            // Blocks freed in this transaction look used to the search.
-            for &b in &self.pending_free {
-                if let Some((pg, i)) = self.geo.block_group(b) {
-                    if pg == g {
-                        bitmap::set(&mut map, i as usize);
-                    }
+            let shared = self.block_bitmap(io, g, &d)?;
+            // Blocks freed in this transaction look used to the search: a
+            // copy marks them, where the group has any.
+            let pending: Vec<usize> = self
+                .pending_free
+                .iter()
+                .filter_map(|&b| self.geo.block_group(b))
+                .filter(|&(pg, _)| pg == g)
+                .map(|(_, i)| i as usize)
+                .collect();
+            let marked;
+            let map: &[u8] = if pending.is_empty() {
+                &shared
+            } else {
+                let mut m = shared.to_vec();
+                for i in pending {
+                    bitmap::set(&mut m, i);
                 }
-            }
+                marked = m;
+                &marked
+            };
             let from = match self.geo.block_group(goal) {
                 Some((gg, i)) if gg == g => i as usize,
                 _ => self.geo.group_meta_blocks() as usize,
@@ -164,11 +177,11 @@ impl Allocator {
             // From the goal on; if that finds no whole run, the longest of
             // that and a search from the group's start.
             let meta = self.geo.group_meta_blocks() as usize;
-            let after = bitmap::find_free_run(&map, from, limit, want as usize);
+            let after = bitmap::find_free_run(map, from, limit, want as usize);
             let found = match after {
                 Some((s, l)) if l >= want as usize => Some((s, l)),
                 _ if from > meta => {
-                    let whole = bitmap::find_free_run(&map, meta, limit, want as usize);
+                    let whole = bitmap::find_free_run(map, meta, limit, want as usize);
                     match (after, whole) {
                         (Some(a), Some(w)) => Some(if w.1 > a.1 { w } else { a }),
                         (a, w) => a.or(w),
@@ -191,7 +204,7 @@ impl Allocator {
         };
         let len = len.min(want as usize);
         let mut d = self.desc(io, g)?;
-        let mut map = self.block_bitmap(io, g, &d)?;
+        let mut map = self.block_bitmap(io, g, &d)?.to_vec();
         bitmap::set_range(&mut map, s, len);
         d.free_blocks -= len as u32;
         d.flags &= !crate::format::group::BLOCK_UNINIT;
@@ -225,7 +238,7 @@ impl Allocator {
             ));
         }
         let mut d = self.desc(io, g)?;
-        let mut map = self.block_bitmap(io, g, &d)?;
+        let mut map = self.block_bitmap(io, g, &d)?.to_vec();
         for k in 0..len as usize {
             if !bitmap::test(&map, i as usize + k) {
                 return Err(FormatError::invalid(
@@ -263,7 +276,7 @@ impl Allocator {
             if d.free_inodes == 0 {
                 continue;
             }
-            let mut map = self.inode_bitmap(io, g, &d)?;
+            let map = self.inode_bitmap(io, g, &d)?;
             let Some((idx, _)) =
                 bitmap::find_free_run(&map, 0, self.geo.inodes_per_group as usize, 1)
             else {
@@ -289,6 +302,7 @@ impl Allocator {
                 }
                 d.itable_unused_from = (last + 1) * INODES_PER_BLOCK;
             }
+            let mut map = map.to_vec();
             bitmap::set(&mut map, idx as usize);
             d.free_inodes -= 1;
             if dir {
@@ -322,7 +336,7 @@ impl Allocator {
         }
         let (g, idx) = self.geo.ino_group(ino);
         let mut d = self.desc(io, g)?;
-        let mut map = self.inode_bitmap(io, g, &d)?;
+        let mut map = self.inode_bitmap(io, g, &d)?.to_vec();
         if !bitmap::test(&map, idx as usize) {
             return Err(FormatError::invalid(
                 "free",

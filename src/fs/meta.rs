@@ -1,7 +1,8 @@
 //! The metadata side of a mounted filesystem: the buffer cache in front of
-//! the journal, the running transaction, the inode cache (decoded inodes
-//! with their whole extent maps) and the orphan list. One `Meta` lives
-//! under the filesystem's metadata lock; everything here runs with it held.
+//! the journal ([`Buffers`]), the running transaction, the inode cache
+//! (decoded inodes with their whole extent maps) and the orphan list.
+//! One `Meta` lives under the filesystem's metadata lock; everything here
+//! runs with it held.
 //!
 //! Changes go into the running transaction as new block images
 //! ([`MetaIo`]); inodes are encoded into their inode-table blocks, and
@@ -13,8 +14,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::alloc::Allocator;
+use super::buffer::Buffers;
 use super::extmap;
-use super::txn::{Journaled, MetaIo, Txn};
+use super::txn::{Journaled, MetaIo};
 use super::types::{Errno, FsResult};
 use crate::format::dev::{BioError, Dev};
 use crate::format::error::{FormatError, Result};
@@ -23,9 +25,6 @@ use crate::format::geometry::Geometry;
 use crate::format::inode::{FileType, Inode, InodeData, Timespec};
 use crate::format::superblock::Superblock;
 use crate::format::INODE_SIZE;
-
-/// Clean metadata blocks kept in memory (16 MiB).
-const CACHE_BLOCKS: usize = 4096;
 
 /// Blocks a metadata operation may need at most (a directory split at
 /// every level, an xattr block, a long symlink): it is refused with
@@ -50,14 +49,6 @@ pub struct InodeState {
     pub opens: u32,
 }
 
-/// The buffer cache: the running transaction's images, then the
-/// journal's committed ones, then clean blocks read from the device.
-pub struct Buffers {
-    pub j: Journaled,
-    pub txn: Txn,
-    cache: HashMap<u64, Vec<u8>>,
-}
-
 /// Metadata state of a mount.
 pub struct Meta {
     pub bufs: Buffers,
@@ -78,6 +69,9 @@ pub struct Meta {
     /// Blocks free for use now (the bitmaps' count less blocks freed in
     /// the running transaction, which are not reusable before it commits).
     free_count: u64,
+    /// Free inodes (the group descriptors' count), kept here so that
+    /// statfs reads no descriptor.
+    free_inodes: u64,
     /// Blocks promised to dirty pages that have none yet (delayed
     /// allocation): a write that can't be promised space gets ENOSPC then,
     /// not its writeback later.
@@ -143,42 +137,16 @@ pub fn fail(what: &str, e: FormatError) -> Errno {
     n
 }
 
-impl MetaIo for Buffers {
-    fn read_meta(&mut self, b: u64) -> Result<Vec<u8>> {
-        if let Some(img) = self.txn.image(b) {
-            return Ok(img.to_vec());
-        }
-        if let Some(img) = self.j.committed_image(b) {
-            return Ok(img.to_vec());
-        }
-        if let Some(img) = self.cache.get(&b) {
-            return Ok(img.clone());
-        }
-        let raw = self.j.read(b)?;
-        if self.cache.len() >= CACHE_BLOCKS {
-            let drop: Vec<u64> = self.cache.keys().take(CACHE_BLOCKS / 2).copied().collect();
-            for k in drop {
-                self.cache.remove(&k);
-            }
-        }
-        self.cache.insert(b, raw.clone());
-        Ok(raw)
-    }
-
-    fn write_meta(&mut self, b: u64, data: Vec<u8>) {
-        self.txn.write(b, data);
-    }
-
-    fn revoke_meta(&mut self, b: u64) {
-        self.cache.remove(&b);
-        self.txn.revoke(b);
-    }
-}
-
 impl Meta {
-    /// Open the journal (replaying it) and the metadata; `read_only`
-    /// writes nothing and refuses every change with EROFS.
-    pub fn new(dev: Arc<Dev>, sb: Superblock, read_only: bool) -> Result<Meta> {
+    /// Open the journal (replaying it) and the metadata, with a buffer
+    /// cache of `cache_blocks` clean blocks; `read_only` writes nothing and
+    /// refuses every change with EROFS.
+    pub fn new(
+        dev: Arc<Dev>,
+        sb: Superblock,
+        read_only: bool,
+        cache_blocks: usize,
+    ) -> Result<Meta> {
         let j = if read_only {
             Journaled::open_read_only(dev, sb)?
         } else {
@@ -187,15 +155,12 @@ impl Meta {
         let sb = j.superblock().clone();
         let geo = sb.geometry()?;
         let alloc = Allocator::new(geo, sb.seed());
-        let mut bufs = Buffers {
-            j,
-            txn: Txn::default(),
-            cache: HashMap::new(),
-        };
-        let (free_count, _) = alloc.free_counts(&mut bufs)?;
+        let mut bufs = Buffers::new(j, cache_blocks);
+        let (free_count, free_inodes) = alloc.free_counts(&mut bufs)?;
         Ok(Meta {
             free_count,
             commits: 0,
+            free_inodes,
             reserved: 0,
             margin: (geo.data_blocks() / 100).max(128),
             alloc,
@@ -346,6 +311,7 @@ impl Meta {
             .alloc
             .alloc_inode(&mut self.bufs, hint, dir)
             .map_err(|e| fail("allocating an inode", e))?;
+        self.free_inodes = self.free_inodes.saturating_sub(1);
         let old = self.inodes.get(&ino).map(|s| s.inode.generation);
         inode.generation = new_generation(ino, old);
         self.inodes.insert(
@@ -460,7 +426,11 @@ impl Meta {
         }
         self.orphan_remove(ino, orphan_next)?;
         let (b, off) = self.geo.ino_location(ino);
-        let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
+        let mut raw = self
+            .bufs
+            .read_meta(b)
+            .map_err(|e| fail("inode table", e))?
+            .to_vec();
         raw.get_mut(off..off + INODE_SIZE)
             .ok_or_else(short_itable)?
             .fill(0);
@@ -468,6 +438,7 @@ impl Meta {
         self.alloc
             .free_inode(&mut self.bufs, ino, dir)
             .map_err(|e| fail("freeing an inode", e))?;
+        self.free_inodes += 1;
         self.dirty.remove(&ino);
         self.inodes.remove(&ino);
         Ok(())
@@ -581,7 +552,11 @@ impl Meta {
             };
             let inode = st.inode.clone();
             let (b, off) = self.geo.ino_location(ino);
-            let mut raw = self.bufs.read_meta(b).map_err(|e| fail("inode table", e))?;
+            let mut raw = self
+                .bufs
+                .read_meta(b)
+                .map_err(|e| fail("inode table", e))?
+                .to_vec();
             let slot = raw
                 .get_mut(off..off + INODE_SIZE)
                 .ok_or_else(short_itable)?;
@@ -694,14 +669,9 @@ impl Meta {
         if self.bufs.txn.is_empty() {
             return Ok(false);
         }
-        let txn = std::mem::take(&mut self.bufs.txn);
-        let blocks: Vec<u64> = txn.blocks().collect();
-        if let Err(e) = self.bufs.j.commit(txn) {
+        if let Err(e) = self.bufs.commit() {
             self.failed = true;
             return Err(fail("journal commit (no more changes will be accepted)", e));
-        }
-        for b in blocks {
-            self.bufs.cache.remove(&b);
         }
         self.free_count += self.alloc.pending_len();
         self.alloc.committed();
@@ -730,11 +700,27 @@ impl Meta {
         Ok(())
     }
 
-    /// Free blocks and inodes (for statfs).
-    pub fn free_counts(&mut self) -> FsResult<(u64, u64)> {
-        self.alloc
+    /// Free inodes (for statfs).
+    pub fn free_inodes(&self) -> u64 {
+        self.free_inodes
+    }
+
+    /// The free blocks and inodes kept in memory against the group
+    /// descriptors' counts (which the allocator changes with them): a
+    /// walk of every descriptor, for tests. `Err` names both.
+    #[cfg(test)]
+    pub fn check_free_counts(&mut self) -> std::result::Result<(), String> {
+        let walked = self
+            .alloc
             .free_counts(&mut self.bufs)
-            .map_err(|e| fail("statfs", e))
+            .map_err(|e| e.to_string())?;
+        let kept = (self.free_count, self.free_inodes);
+        if walked != kept {
+            return Err(format!(
+                "free (blocks, inodes): {kept:?} in memory, {walked:?} in the descriptors"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -2,11 +2,12 @@
 //! operations of a mounted biofs, independent of FUSE.
 //!
 //! Built so far: directory operations on the hashed B+tree ([`dir`]),
-//! metadata transactions over the journal ([`txn`]), and block and inode
-//! allocation inside them ([`alloc`]).
+//! metadata transactions over the journal ([`txn`]) behind the buffer cache
+//! ([`buffer`]), and block and inode allocation inside them ([`alloc`]).
 
 pub mod alloc;
 mod atime;
+pub mod buffer;
 mod data;
 pub mod dir;
 pub mod extmap;

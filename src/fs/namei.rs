@@ -398,12 +398,11 @@ impl Meta {
         let Mapping::Mapped { physical, .. } = extmap::lookup(&st.map, 0) else {
             return Err(Errno::EUCLEAN);
         };
-        let mut raw = self
+        let raw = self
             .bufs
             .read_meta(physical)
             .map_err(|e| fail("symlink", e))?;
-        raw.truncate(size);
-        Ok(raw)
+        Ok(raw.get(..size).unwrap_or(&raw).to_vec())
     }
 
     pub fn link(&mut self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
@@ -729,7 +728,7 @@ mod tests {
         )
         .unwrap();
         let sb = Superblock::decode(&dev.read_block(0).unwrap(), 0).unwrap();
-        Meta::new(Arc::new(dev), sb, false).unwrap()
+        Meta::new(Arc::new(dev), sb, false, 64).unwrap()
     }
 
     fn names(m: &mut Meta, dir: u64) -> Vec<(Vec<u8>, u64)> {

@@ -300,7 +300,7 @@ impl Fs {
             ));
         }
         let dev = Arc::new(dev);
-        let mut meta = Meta::new(dev.clone(), sb, opts.read_only)?;
+        let mut meta = Meta::new(dev.clone(), sb, opts.read_only, opts.meta_cache_blocks())?;
         let root = meta.get(ROOT_INO).map_err(|e| {
             MountError::Refused(format!(
                 "the root directory can't be read ({e}); run fsck.biofs"
@@ -464,17 +464,24 @@ impl Fs {
         }
     }
 
-    /// The engine's statistics, the page cache's and the journal's, as
-    /// text.
+    /// The engine's statistics, the page cache's, the buffer cache's and
+    /// the journal's, as text.
     pub fn stats(&self) -> String {
         let s = self.core.dev.queue().stats();
         let (cached, dirty, limit) = self.core.cache.stats();
+        let b = self.buffer_stats();
         let (commits, fsyncs, shared) = self.commit_counts();
         format!(
-            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n{}\n\
+            "{s}\npage cache: {cached} pages ({} MiB) cached, {dirty} dirty, limit {} MiB\n\
+             buffer cache: {} of {} blocks held, {} hits, {} misses, {} evictions\n{}\n\
              journal: {commits} commits; {fsyncs} fsyncs, {shared} made durable by a commit of another's\n",
             (cached * 4096) >> 20,
             (limit * 4096) >> 20,
+            b.held,
+            b.capacity,
+            b.hits,
+            b.misses,
+            b.evictions,
             crate::block::pool_stats()
         )
     }
@@ -487,6 +494,11 @@ impl Fs {
             self.core.fsyncs.load(Ordering::Relaxed),
             self.core.fsyncs_shared.load(Ordering::Relaxed),
         )
+    }
+
+    /// The buffer cache's counts.
+    pub fn buffer_stats(&self) -> super::buffer::BufferStats {
+        self.meta().bufs.cache.stats()
     }
 
     /// The engine's statistics, as numbers.
@@ -866,8 +878,8 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let mut m = self.meta();
-        let (_, ffree) = m.free_counts()?;
+        let m = self.meta();
+        let ffree = m.free_inodes();
         let (bfree, bavail) = m.block_counts();
         Ok(StatFs {
             blocks: m.geo.data_blocks(),
@@ -994,3 +1006,6 @@ impl Drop for Fs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

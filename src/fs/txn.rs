@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::buffer::MetaBuf;
 use crate::format::dev::{BioError, Dev};
 use crate::format::error::{FormatError, Result};
 use crate::format::journal::Journal;
@@ -22,7 +23,7 @@ use crate::format::BLOCK_SIZE;
 /// A running transaction: new images and revokes, not yet logged.
 #[derive(Debug, Default)]
 pub struct Txn {
-    images: BTreeMap<u64, Vec<u8>>,
+    images: BTreeMap<u64, MetaBuf>,
     revokes: Vec<u64>,
 }
 
@@ -30,7 +31,7 @@ impl Txn {
     /// Give block `b` the contents `data` (4096 bytes) in this transaction
     /// (a revoke of `b` in it is then cancelled by `Journal::commit`).
     pub fn write(&mut self, b: u64, data: Vec<u8>) {
-        self.images.insert(b, data);
+        self.images.insert(b, MetaBuf::from(data));
     }
 
     /// Block `b` is freed: images of it older than this transaction must
@@ -43,16 +44,18 @@ impl Txn {
     }
 
     /// The image this transaction gives `b`, if any.
-    pub fn image(&self, b: u64) -> Option<&[u8]> {
-        self.images.get(&b).map(Vec::as_slice)
+    pub fn image(&self, b: u64) -> Option<&MetaBuf> {
+        self.images.get(&b)
     }
 
-    /// Blocks this transaction gives images or revokes.
-    pub fn blocks(&self) -> impl Iterator<Item = u64> + '_ {
-        self.images
-            .keys()
-            .copied()
-            .chain(self.revokes.iter().copied())
+    /// The images this transaction gives, by block.
+    pub fn images(&self) -> impl Iterator<Item = (u64, &MetaBuf)> + '_ {
+        self.images.iter().map(|(b, i)| (*b, i))
+    }
+
+    /// The blocks this transaction revokes.
+    pub fn revokes(&self) -> &[u64] {
+        &self.revokes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -68,8 +71,9 @@ impl Txn {
 /// Metadata blocks as a transaction sees them: what allocation and the
 /// filesystem's structures read and write through.
 pub trait MetaIo {
-    /// The latest contents of block `b`.
-    fn read_meta(&mut self, b: u64) -> Result<Vec<u8>>;
+    /// The latest contents of block `b`, shared: a caller that changes
+    /// the block copies it (`to_vec()`) and writes the copy.
+    fn read_meta(&mut self, b: u64) -> Result<MetaBuf>;
     /// Give block `b` the contents `data` in the running transaction.
     fn write_meta(&mut self, b: u64, data: Vec<u8>);
     /// Block `b` (metadata) is freed in the running transaction.
@@ -90,9 +94,9 @@ impl<'a> InTxn<'a> {
 }
 
 impl MetaIo for InTxn<'_> {
-    fn read_meta(&mut self, b: u64) -> Result<Vec<u8>> {
+    fn read_meta(&mut self, b: u64) -> Result<MetaBuf> {
         match self.txn.image(b) {
-            Some(img) => Ok(img.to_vec()),
+            Some(img) => Ok(img.clone()),
             None => self.j.read(b),
         }
     }
@@ -111,7 +115,7 @@ pub struct Journaled {
     /// Superblock as on disk (for its seed and layout).
     sb: Superblock,
     /// Committed images not yet written home.
-    committed: BTreeMap<u64, Vec<u8>>,
+    committed: BTreeMap<u64, MetaBuf>,
     /// Log blocks in use since the last checkpoint.
     log_used: u64,
     /// Opened read-only: nothing is ever written.
@@ -170,18 +174,19 @@ impl Journaled {
 
     /// The latest contents of block `b`: committed but not yet at home,
     /// else the device's.
-    pub fn read(&self, b: u64) -> Result<Vec<u8>> {
+    pub fn read(&self, b: u64) -> Result<MetaBuf> {
         if let Some(img) = self.committed.get(&b) {
             return Ok(img.clone());
         }
         self.dev
             .read_block(b)
+            .map(MetaBuf::from)
             .map_err(|e| FormatError::io("metadata", b, e))
     }
 
     /// The committed image of `b` not yet written home, if any.
-    pub fn committed_image(&self, b: u64) -> Option<&[u8]> {
-        self.committed.get(&b).map(Vec::as_slice)
+    pub fn committed_image(&self, b: u64) -> Option<&MetaBuf> {
+        self.committed.get(&b)
     }
 
     /// The device under the journal.
@@ -223,7 +228,7 @@ impl Journaled {
         if self.log_used + need > room / 2 {
             self.checkpoint()?;
         }
-        let images: Vec<(u64, Vec<u8>)> = txn.images.into_iter().collect();
+        let images: Vec<(u64, MetaBuf)> = txn.images.into_iter().collect();
         if images.iter().any(|(_, d)| d.len() != BLOCK_SIZE) {
             return Err(FormatError::invalid(
                 "transaction",
@@ -252,7 +257,7 @@ impl Journaled {
         let homes: Vec<(u64, &[u8])> = self
             .committed
             .iter()
-            .map(|(b, d)| (*b, d.as_slice()))
+            .map(|(b, d)| (*b, d.as_ref()))
             .collect();
         self.dev.write_batch(&homes).map_err(|e| {
             let b = BioError::block_of(&e).unwrap_or(0);

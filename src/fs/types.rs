@@ -125,6 +125,9 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Page cache limit in bytes.
     pub cache_bytes: u64,
+    /// Metadata buffer cache limit in bytes (`None`: an eighth of
+    /// `cache_bytes`, at least 16 MiB).
+    pub meta_cache_bytes: Option<u64>,
     /// Engine queue workers (0: the engine's default).
     pub workers: usize,
     /// Requests in flight at the device, spread over the workers through
@@ -157,11 +160,22 @@ pub enum AtimeMode {
     Strict,
 }
 
+impl MountOptions {
+    /// The buffer cache's capacity, in blocks.
+    pub fn meta_cache_blocks(&self) -> usize {
+        match self.meta_cache_bytes {
+            Some(n) => usize::try_from(n / crate::format::BLOCK_SIZE as u64).unwrap_or(usize::MAX),
+            None => super::buffer::default_blocks(self.cache_bytes),
+        }
+    }
+}
+
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             read_only: false,
             cache_bytes: 256 << 20,
+            meta_cache_bytes: None,
             workers: 0,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             verify_reads: true,

@@ -151,6 +151,11 @@ fn apply(o: &mut Options, item: &str) -> Result<(), String> {
             let v = need("a size like 512M")?;
             o.fs.cache_bytes = parse_size(v).map_err(|e| format!("-o cache_size: {e}"))?;
         }
+        "meta_cache_size" => {
+            let v = need("a size like 32M")?;
+            let n = parse_size(v).map_err(|e| format!("-o meta_cache_size: {e}"))?;
+            o.fs.meta_cache_bytes = Some(n);
+        }
         "workers" => o.fs.workers = number(key, need("a count")?, 0, 1024)?,
         "queue_depth" => o.fs.queue_depth = number(key, need("a count")?, 0, 4096)?,
         "threads" => o.threads = number(key, need("a count")?, 1, MAX_THREADS)?,
@@ -295,13 +300,14 @@ mod tests {
     #[test]
     fn every_option_lands() -> Result<(), String> {
         let o = parse(&[
-            "ro,allow_other,acl,cache_size=64M,workers=3,queue_depth=12",
+            "ro,allow_other,acl,cache_size=64M,meta_cache_size=1M,workers=3,queue_depth=12",
             "verify=off,threads=8,writecache,commit=30,fsname=data,log=/tmp/b.log",
         ])?;
         assert!(o.fs.read_only);
         assert!(o.allow_other);
         assert!(o.fuse.posix_acl);
         assert_eq!(o.fs.cache_bytes, 64 << 20);
+        assert_eq!(o.fs.meta_cache_blocks(), 256);
         assert_eq!(o.fs.workers, 3);
         assert_eq!(o.fs.queue_depth, 12);
         assert!(!o.fs.verify_reads);
@@ -387,6 +393,7 @@ mod tests {
         assert!(err("workers=-1").contains("'-1'"));
         assert!(err("verify=maybe").contains("not on or off"));
         assert!(err("cache_size=lots").starts_with("-o cache_size:"));
+        assert!(err("meta_cache_size=lots").starts_with("-o meta_cache_size:"));
         assert!(err("commit=1e3").contains("'1e3'"));
         assert!(err("fsname=").contains("empty"));
         assert!(err("log").contains("needs a value"));
