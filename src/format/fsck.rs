@@ -21,8 +21,16 @@
 //!
 //! Repairs write directly to the blocks' homes (the check runs offline).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod dirwalk;
+mod inomap;
+mod read;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{BufRead, IsTerminal, Write};
+
+use crate::block::Page;
+use inomap::InoMap;
+use read::Readahead;
 
 use super::bitmap;
 use super::dev::Dev;
@@ -141,6 +149,20 @@ struct Info {
     parent: u64,
     /// Blocks it owns (data, tree, xattr), as claimed.
     extents: Vec<Extent>,
+    /// A directory's inode as pass 1 read it: what passes 2 and 3 read
+    /// again, while nothing has been written ([`Checker::dir_inode`]).
+    dir_inode: Option<Box<Inode>>,
+}
+
+/// Groups whose inode tables pass 1 reads ahead of the one it checks
+/// (each about 4 MiB in flight when groups are full).
+const TABLES_AHEAD: u32 = 3;
+
+/// A group's inode table being read ahead.
+struct TableAhead {
+    start: u64,
+    n: u64,
+    ra: Readahead,
 }
 
 /// A growable bitset over block numbers.
@@ -178,6 +200,16 @@ impl Bits {
         }
         false
     }
+    /// Set bit `i`; true if it was clear (false too if `i` is beyond).
+    fn insert(&mut self, i: u64) -> bool {
+        match self.0.get_mut((i / 64) as usize) {
+            Some(w) if *w & (1 << (i % 64)) == 0 => {
+                *w |= 1 << (i % 64);
+                true
+            }
+            _ => false,
+        }
+    }
     fn clear(&mut self, i: u64) {
         if let Some(w) = self.0.get_mut((i / 64) as usize) {
             *w &= !(1 << (i % 64));
@@ -196,7 +228,7 @@ struct Checker<'a, 'd> {
     in_repair: bool,
     /// Must the superblock be written at the end?
     sb_dirty: bool,
-    infos: BTreeMap<u64, Info>,
+    infos: InoMap<Info>,
     /// Blocks claimed by inodes (data, tree, xattr).
     claimed: Bits,
     /// Directory contents after pass 2.
@@ -228,6 +260,7 @@ pub fn fsck(
         claimed: Bits::new(img.geo.blocks_count),
         allocated: Bits::new(img.geo.blocks_count),
         alloc_cursor: 0,
+        infos: InoMap::new(img.geo.inodes_count()),
         img,
         opts,
         out,
@@ -235,7 +268,6 @@ pub fn fsck(
         changed: false,
         in_repair: false,
         sb_dirty: false,
-        infos: BTreeMap::new(),
         dirs: BTreeMap::new(),
         dirs_dirty: HashSet::new(),
         parent: HashMap::new(),
@@ -725,8 +757,21 @@ impl Checker<'_, '_> {
         let geo = self.img.geo;
         let mut rewrite_tree: Vec<(u64, Inode, Vec<Extent>)> = Vec::new();
         let mut dups: Vec<(u64, HashSet<u64>)> = Vec::new();
+        // The next groups' tables are read while this one's is checked.
+        let mut ahead: VecDeque<(u32, TableAhead)> = VecDeque::new();
+        let mut next = 0u32;
         for g in 0..geo.groups {
             check_cancel()?;
+            while next < geo.groups && next <= g.saturating_add(TABLES_AHEAD) {
+                if let Some(t) = self.table_readahead(next) {
+                    ahead.push_back((next, t));
+                }
+                next += 1;
+            }
+            let this = match ahead.front() {
+                Some((ag, _)) if *ag == g => ahead.pop_front().map(|(_, t)| t),
+                _ => None,
+            };
             let (desc, limit) = self.group_scan_limit(g)?;
             let mark = desc.map_or(0, |d| d.itable_unused_from);
             if limit == 0 {
@@ -739,11 +784,19 @@ impl Checker<'_, '_> {
                 Some(_) => u64::from(mark.div_ceil(INODES_PER_BLOCK)),
                 None => 0,
             };
-            let table = self.read_table(geo.itable_start(g), nblocks, first_unused)?;
+            let start = geo.itable_start(g);
+            let this = this.filter(|t| t.start == start && t.n == nblocks);
+            let table = self.read_table(start, nblocks, first_unused, this)?;
             for idx in 0..limit {
                 let ino = geo.ino_of(g, idx);
                 let off = idx as usize * INODE_SIZE;
-                let raw = table.get(off..off + INODE_SIZE).unwrap_or_default();
+                let raw = table
+                    .get(off / BLOCK_SIZE)
+                    .and_then(|p| {
+                        p.as_slice()
+                            .get(off % BLOCK_SIZE..off % BLOCK_SIZE + INODE_SIZE)
+                    })
+                    .unwrap_or_default();
                 let inode = match Inode::decode(self.img.seed, ino, raw) {
                     Ok(None) => continue,
                     Ok(Some(i)) => i,
@@ -784,32 +837,61 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
+    /// Start reading group `g`'s inode table (as much of it as pass 1
+    /// scans), unless there is no such group, its table is not scanned, or
+    /// blocks may come from the overlay.
+    fn table_readahead(&self, g: u32) -> Option<TableAhead> {
+        let geo = self.img.geo;
+        if g >= geo.groups || !self.img.overlay.is_empty() {
+            return None;
+        }
+        // As `group_scan_limit`, without its message.
+        let limit = match self.img.desc(g) {
+            Ok(d) if d.inode_uninit() => return None,
+            _ => geo.inodes_per_group,
+        };
+        let (start, n) = (
+            geo.itable_start(g),
+            u64::from(limit.div_ceil(INODES_PER_BLOCK)),
+        );
+        Some(TableAhead {
+            start,
+            n,
+            ra: Readahead::submit(self.img.dev, &[(start, n)]),
+        })
+    }
+
     /// Inode-table blocks; an unreadable one (integrity or medium error)
     /// is reported and, when fixing, rewritten as free inodes.
     /// Blocks from index `unused_from` on are past the group's unused mark
     /// (or, with the descriptor lost, possibly never written): unreadable
     /// ones there read as free inodes, silently.
+    /// One page per block, as read (not copied into one buffer).
     fn read_table(
         &mut self,
         start: u64,
         n: u64,
         unused_from: u64,
-    ) -> std::result::Result<Vec<u8>, FsckError> {
-        let mut out = Vec::with_capacity((n as usize) * BLOCK_SIZE);
+        ahead: Option<TableAhead>,
+    ) -> std::result::Result<Vec<Page>, FsckError> {
         if self.img.overlay.is_empty() {
-            // The fast path: the whole table in large bios.
-            if let Ok(pages) = self.img.dev.read_pages(start, n) {
-                for p in pages {
-                    out.extend_from_slice(p.as_slice());
-                }
-                return Ok(out);
+            // The fast path: the whole table in large bios, several in
+            // flight, submitted while the previous group was checked.
+            let ra = ahead.map_or_else(|| Readahead::submit(self.img.dev, &[(start, n)]), |a| a.ra);
+            let ranges = ra.wait();
+            if ranges.iter().all(|r| r.pages.is_some()) {
+                return Ok(ranges
+                    .into_iter()
+                    .flat_map(|r| r.pages.into_iter().flatten())
+                    .collect());
             }
         }
+        let mut out = Vec::with_capacity(n as usize);
         for b in start..start + n {
             match self.img.read("inode table", b) {
-                Ok(raw) => out.extend_from_slice(&raw),
+                Ok(raw) => out.push(Page::from_slice(&raw)),
                 Err(e) if e.is_corruption() && b - start >= unused_from => {
-                    out.extend_from_slice(&[0u8; BLOCK_SIZE]);
+                    out.push(Page::new());
                 }
                 Err(e) if e.is_corruption() => {
                     if self.problem_manual(
@@ -818,7 +900,7 @@ impl Checker<'_, '_> {
                     )? {
                         self.img.write("inode table", b, &[0u8; BLOCK_SIZE])?;
                     }
-                    out.extend_from_slice(&[0u8; BLOCK_SIZE]);
+                    out.push(Page::new());
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -942,13 +1024,15 @@ impl Checker<'_, '_> {
         } else {
             self.report.files += 1;
         }
+        let (nlink, parent) = (inode.nlink, inode.rdev_or_parent);
         self.infos.insert(
             ino,
             Info {
                 ftype,
-                nlink: inode.nlink,
-                parent: inode.rdev_or_parent,
+                nlink,
+                parent,
                 extents: scan.extents,
+                dir_inode: (ftype == FileType::Directory).then(|| Box::new(inode)),
             },
         );
         Ok(())
@@ -991,7 +1075,7 @@ impl Checker<'_, '_> {
         let data: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
         inode.blocks = data + tree.len() as u64 + u64::from(inode.xattr_block != 0);
         self.img.write_inode(ino, Some(inode))?;
-        if let Some(info) = self.infos.get_mut(&ino) {
+        if let Some(info) = self.infos.get_mut(ino) {
             info.extents = extents.to_vec();
         }
         Ok(())
@@ -1008,7 +1092,7 @@ impl Checker<'_, '_> {
         let Some(mut inode) = self.img.inode(ino)? else {
             return Ok(());
         };
-        let Some(info) = self.infos.get(&ino).cloned() else {
+        let Some(info) = self.infos.get(ino).cloned() else {
             return Ok(());
         };
         let mut out: Vec<Extent> = Vec::new();
@@ -1043,6 +1127,49 @@ impl Checker<'_, '_> {
         self.rewrite_tree(ino, &mut inode, &out)
     }
 
+    /// Directory `d`'s inode: as pass 1 read it while nothing has been
+    /// written (every write follows a `problem` answered yes, which sets
+    /// `changed`), else from the device.
+    fn dir_inode(&self, d: u64) -> std::result::Result<Option<Inode>, FsckError> {
+        if !self.changed {
+            if let Some(i) = self.infos.get(d).and_then(|i| i.dir_inode.as_deref()) {
+                return Ok(Some(i.clone()));
+            }
+        }
+        Ok(self.img.inode(d)?)
+    }
+
+    /// `dirs` cut into windows of about [`DIR_WINDOW_BLOCKS`] directory
+    /// blocks, with the blocks of each (at most that many of any one
+    /// directory).
+    fn dir_windows(&self, dirs: &[u64]) -> Vec<DirWindow> {
+        let mut out = Vec::new();
+        let (mut from, mut blocks) = (0, Vec::new());
+        for (i, &d) in dirs.iter().enumerate() {
+            let mut n = 0u64;
+            for e in self.infos.get(d).into_iter().flat_map(|i| &i.extents) {
+                if e.unwritten {
+                    continue;
+                }
+                let k = u64::from(e.len).min(DIR_WINDOW_BLOCKS - n);
+                blocks.extend(e.physical..e.physical + k);
+                n += k;
+                if n >= DIR_WINDOW_BLOCKS {
+                    break;
+                }
+            }
+            if blocks.len() as u64 >= DIR_WINDOW_BLOCKS || i + 1 == dirs.len() {
+                out.push(DirWindow {
+                    dirs: from..i + 1,
+                    runs: read::runs_of(&mut blocks),
+                });
+                blocks.clear();
+                from = i + 1;
+            }
+        }
+        out
+    }
+
     /// Pass 2: directory structure.
     fn pass2(&mut self) -> std::result::Result<(), FsckError> {
         self.verbose("Pass 2: checking directory structure");
@@ -1050,24 +1177,36 @@ impl Checker<'_, '_> {
             .infos
             .iter()
             .filter(|(_, i)| i.ftype == FileType::Directory)
-            .map(|(&ino, _)| ino)
+            .map(|(ino, _)| ino)
             .collect();
         // Read every directory first: which directories each one names.
+        // Their blocks are read ahead a window at a time, the next window
+        // while this one is walked.
         let mut scans = Vec::with_capacity(dirs.len());
-        for d in dirs {
-            let Some(inode) = self.img.inode(d)? else {
-                continue;
-            };
-            let extents = self
-                .infos
-                .get(&d)
-                .map(|i| i.extents.clone())
-                .unwrap_or_default();
-            let scan = self.img.dir_entries(d, &inode, &extents);
-            if let Some(f) = scan.fatal {
-                return Err(FsckError::Operational(format!("directory inode {d}: {f}")));
+        let windows = self.dir_windows(&dirs);
+        let mut ahead = windows
+            .first()
+            .map(|w| Readahead::submit(self.img.dev, &w.runs));
+        for (i, w) in windows.iter().enumerate() {
+            let this = ahead.take();
+            ahead = windows
+                .get(i + 1)
+                .map(|w| Readahead::submit(self.img.dev, &w.runs));
+            let pages = this.map(Readahead::wait_map).unwrap_or_default();
+            let blocks = dirwalk::Blocks { pages: &pages };
+            for &d in dirs.get(w.dirs.clone()).unwrap_or_default() {
+                let Some(inode) = self.dir_inode(d)? else {
+                    continue;
+                };
+                let Some(info) = self.infos.get(d) else {
+                    continue;
+                };
+                let scan = dirwalk::dir_entries(&self.img, &blocks, d, &inode, &info.extents);
+                if let Some(f) = scan.fatal {
+                    return Err(FsckError::Operational(format!("directory inode {d}: {f}")));
+                }
+                scans.push((d, scan));
             }
-            scans.push((d, scan));
         }
         // A directory named by several: the one its own parent field
         // names keeps it (as e2fsck trusts "..").
@@ -1076,7 +1215,7 @@ impl Checker<'_, '_> {
             for e in &scan.entries {
                 if self
                     .infos
-                    .get(&e.ino)
+                    .get(e.ino)
                     .is_some_and(|i| i.ftype == FileType::Directory)
                 {
                     named_by.entry(e.ino).or_default().push(*d);
@@ -1086,7 +1225,7 @@ impl Checker<'_, '_> {
         let chosen: HashMap<u64, u64> = named_by
             .into_iter()
             .filter_map(|(c, ps)| {
-                let recorded = self.infos.get(&c).map(|i| i.parent);
+                let recorded = self.infos.get(c).map(|i| i.parent);
                 let p = ps
                     .iter()
                     .copied()
@@ -1102,14 +1241,13 @@ impl Checker<'_, '_> {
                 rewrite |=
                     self.problem_manual(&msg, "Rebuild the directory from its intact entries")?;
             }
-            let mut keep: Vec<DirEntry> = Vec::new();
-            let mut names = HashSet::new();
-            for mut e in scan.entries {
-                let name = String::from_utf8_lossy(&e.name).into_owned();
-                let target = self.infos.get(&e.ino).map(|i| i.ftype);
+            let mut keep: Vec<DirEntry> = Vec::with_capacity(scan.entries.len());
+            let dup = duplicate_names(&scan.entries);
+            for (mut e, dup) in scan.entries.into_iter().zip(dup) {
+                let target = self.infos.get(e.ino).map(|i| i.ftype);
                 let why = if !valid_name(&e.name) {
                     Some("an invalid name".to_string())
-                } else if !names.insert(e.name.clone()) {
+                } else if dup {
                     Some("a duplicate name".to_string())
                 } else if target.is_none() {
                     Some(format!("inode {}, which is not in use", e.ino))
@@ -1127,7 +1265,10 @@ impl Checker<'_, '_> {
                 };
                 if let Some(why) = why {
                     if self.problem_manual(
-                        &format!("Entry '{name}' in directory inode {d} points to {why}."),
+                        &format!(
+                            "Entry '{}' in directory inode {d} points to {why}.",
+                            String::from_utf8_lossy(&e.name)
+                        ),
                         "Remove it",
                     )? {
                         rewrite = true;
@@ -1135,7 +1276,10 @@ impl Checker<'_, '_> {
                     }
                 } else if let Some(t) = target.filter(|&t| t != e.ftype) {
                     if self.problem(
-                        &format!("Entry '{name}' in directory inode {d} has the wrong type."),
+                        &format!(
+                            "Entry '{}' in directory inode {d} has the wrong type.",
+                            String::from_utf8_lossy(&e.name)
+                        ),
                         "Fix it",
                     )? {
                         e.ftype = t;
@@ -1160,7 +1304,7 @@ impl Checker<'_, '_> {
         self.verbose("Pass 3: checking directory connectivity");
         if !self
             .infos
-            .get(&ROOT_INO)
+            .get(ROOT_INO)
             .is_some_and(|i| i.ftype == FileType::Directory)
         {
             if !self.problem_manual("Root directory is missing.", "Make a new one")? {
@@ -1170,14 +1314,9 @@ impl Checker<'_, '_> {
             self.make_dir(ROOT_INO, ROOT_INO, 0o755)?;
         }
         // Reachable from the root.
-        let mut reach = HashSet::new();
+        let mut reach = Bits::new(self.img.geo.inodes_count() + 1);
         self.mark_reachable(ROOT_INO, &mut reach);
-        let mut unreachable: Vec<u64> = self
-            .infos
-            .keys()
-            .copied()
-            .filter(|i| !reach.contains(i))
-            .collect();
+        let mut unreachable: Vec<u64> = self.infos.keys().filter(|&i| !reach.get(i)).collect();
         if unreachable.is_empty() {
             return self.fix_parents();
         }
@@ -1185,32 +1324,32 @@ impl Checker<'_, '_> {
         if let Some(lf) = lf {
             self.mark_reachable(lf, &mut reach);
         }
-        unreachable.retain(|i| !reach.contains(i));
+        unreachable.retain(|&i| !reach.get(i));
         // Directories first (each takes its subtree along), topmost first.
         unreachable.sort_by_key(|i| {
             (
-                self.infos.get(i).map(|x| x.ftype) != Some(FileType::Directory),
+                self.infos.get(*i).map(|x| x.ftype) != Some(FileType::Directory),
                 *i,
             )
         });
         for ino in unreachable {
-            if reach.contains(&ino) {
+            if reach.get(ino) {
                 continue;
             }
             let mut top = ino;
             let mut seen = HashSet::new();
             while let Some(&p) = self.parent.get(&top) {
-                if reach.contains(&p) || !seen.insert(p) {
+                if reach.get(p) || !seen.insert(p) {
                     break;
                 }
                 top = p;
             }
-            if reach.contains(&top) {
+            if reach.get(top) {
                 continue;
             }
             let what = if self
                 .infos
-                .get(&top)
+                .get(top)
                 .is_some_and(|i| i.ftype == FileType::Directory)
             {
                 "Unconnected directory"
@@ -1228,7 +1367,7 @@ impl Checker<'_, '_> {
             }
             let ftype = self
                 .infos
-                .get(&top)
+                .get(top)
                 .map(|i| i.ftype)
                 .unwrap_or(FileType::Regular);
             let name = format!("#{top}");
@@ -1249,7 +1388,7 @@ impl Checker<'_, '_> {
         self.fix_parents()
     }
 
-    fn mark_reachable(&self, from: u64, reach: &mut HashSet<u64>) {
+    fn mark_reachable(&self, from: u64, reach: &mut Bits) {
         let mut stack = vec![from];
         while let Some(d) = stack.pop() {
             if !reach.insert(d) {
@@ -1259,14 +1398,14 @@ impl Checker<'_, '_> {
                 for e in es {
                     if self
                         .infos
-                        .get(&e.ino)
+                        .get(e.ino)
                         .is_some_and(|i| i.ftype == FileType::Directory)
                     {
                         if self.parent.get(&e.ino) == Some(&d) {
                             stack.push(e.ino);
                         }
                     } else {
-                        reach.insert(e.ino);
+                        reach.set(e.ino);
                     }
                 }
             }
@@ -1336,7 +1475,7 @@ impl Checker<'_, '_> {
 
     /// An inode number not in use (pass 5 sets its bitmap bit).
     fn free_inode(&self) -> Option<u64> {
-        (super::FIRST_FREE_INO..=self.img.geo.inodes_count()).find(|i| !self.infos.contains_key(i))
+        (super::FIRST_FREE_INO..=self.img.geo.inodes_count()).find(|&i| !self.infos.contains_key(i))
     }
 
     /// Write a new empty directory `ino` under `parent`.
@@ -1353,6 +1492,7 @@ impl Checker<'_, '_> {
                 nlink: 2,
                 parent,
                 extents: Vec::new(),
+                dir_inode: None,
             },
         );
         self.dirs.insert(ino, Vec::new());
@@ -1369,7 +1509,7 @@ impl Checker<'_, '_> {
             } else {
                 self.parent.get(&d).copied().unwrap_or(ROOT_INO)
             };
-            let Some(mut inode) = self.img.inode(d)? else {
+            let Some(mut inode) = self.dir_inode(d)? else {
                 continue;
             };
             if inode.rdev_or_parent != want
@@ -1391,43 +1531,49 @@ impl Checker<'_, '_> {
     /// Pass 4: link counts.
     fn pass4(&mut self) -> std::result::Result<(), FsckError> {
         self.verbose("Pass 4: checking reference counts");
-        let mut refs: HashMap<u64, u32> = HashMap::new();
+        // One count per inode in use, beside `infos`: a million entries
+        // are a million increments of an array, not of a hash map. (Only
+        // inodes in use are looked at below.)
+        let mut refs: Vec<u32> = vec![0; self.infos.len()];
+        let infos = &self.infos;
+        let mut count = |ino: u64| {
+            if let Some(r) = infos.index(ino).and_then(|i| refs.get_mut(i)) {
+                *r = r.saturating_add(1);
+            }
+        };
         for (d, es) in &self.dirs {
             for e in es {
                 let is_dir = self
                     .infos
-                    .get(&e.ino)
+                    .get(e.ino)
                     .is_some_and(|i| i.ftype == FileType::Directory);
                 if is_dir {
                     // The entry, and the child's ".." in the parent.
-                    *refs.entry(e.ino).or_insert(0) += 1;
-                    *refs.entry(*d).or_insert(0) += 1;
+                    count(e.ino);
+                    count(*d);
                 } else {
-                    *refs.entry(e.ino).or_insert(0) += 1;
+                    count(e.ino);
                 }
             }
         }
-        let inos: Vec<u64> = self.infos.keys().copied().collect();
-        for ino in inos {
-            let Some(info) = self.infos.get(&ino) else {
-                continue;
-            };
-            let r = refs.get(&ino).copied().unwrap_or(0);
-            // A directory: its entry (or the root's own), its ".", and one
-            // ".." per subdirectory (counted above).
-            let want = if info.ftype == FileType::Directory {
-                r + 1 + u32::from(ino == ROOT_INO)
-            } else {
-                r
-            };
-            if want == 0 || info.nlink == want {
-                continue;
-            }
+        let wrong: Vec<(u64, u32, u32)> = self
+            .infos
+            .iter()
+            .zip(&refs)
+            .filter_map(|((ino, info), &r)| {
+                // A directory: its entry (or the root's own), its ".", and
+                // one ".." per subdirectory (counted above).
+                let want = if info.ftype == FileType::Directory {
+                    r.saturating_add(1 + u32::from(ino == ROOT_INO))
+                } else {
+                    r
+                };
+                (want != 0 && info.nlink != want).then_some((ino, info.nlink, want))
+            })
+            .collect();
+        for (ino, nlink, want) in wrong {
             if self.problem(
-                &format!(
-                    "Inode {ino}: link count is {}, should be {want}.",
-                    info.nlink
-                ),
+                &format!("Inode {ino}: link count is {nlink}, should be {want}."),
                 "Fix it",
             )? {
                 if let Some(mut inode) = self.img.inode(ino)? {
@@ -1487,13 +1633,10 @@ impl Checker<'_, '_> {
             let data_from = start + u64::from(geo.group_meta_blocks());
             let end = start + u64::from(geo.group_blocks(g));
             let first_ino = geo.ino_of(g, 0);
-            let group_inodes: Vec<u64> = used_inodes
-                .range(first_ino..first_ino + u64::from(geo.inodes_per_group))
-                .copied()
-                .collect();
+            let end_ino = first_ino + u64::from(geo.inodes_per_group);
             let disk = self.img.desc(g);
             // The common case of a big filesystem: an untouched group.
-            if group_inodes.is_empty()
+            if !used_inodes.any_in(first_ino, end_ino)
                 && !used_blocks.any_in(data_from, end)
                 && disk
                     .as_ref()
@@ -1514,11 +1657,11 @@ impl Checker<'_, '_> {
             let mut imap = uninit_inode_bitmap(&geo);
             let mut highest = 0u32;
             let mut ndirs = 0u32;
-            for &ino in &group_inodes {
+            for ino in (first_ino..end_ino).filter(|&i| used_inodes.get(i)) {
                 let idx = (ino - first_ino) as u32;
                 bitmap::set(&mut imap, idx as usize);
                 highest = idx + 1;
-                ndirs += u32::from(dirs.contains(&ino));
+                ndirs += u32::from(dirs.get(ino));
             }
             let free_blocks = (geo.group_blocks(g) - geo.group_meta_blocks())
                 - bitmap::count_set(
@@ -1623,7 +1766,7 @@ impl Checker<'_, '_> {
         g: u32,
         from: u32,
         to: u32,
-        used: &BTreeSet<u64>,
+        used: &Bits,
     ) -> std::result::Result<(), FsckError> {
         if !self.writable() || from >= to {
             return Ok(());
@@ -1632,7 +1775,7 @@ impl Checker<'_, '_> {
         let mut block_of = BTreeMap::new();
         for idx in from..to {
             let ino = geo.ino_of(g, idx);
-            if used.contains(&ino) {
+            if used.get(ino) {
                 continue;
             }
             let (b, off) = geo.ino_location(ino);
@@ -1659,30 +1802,30 @@ impl Checker<'_, '_> {
 
     /// Blocks and inodes in use, and which inodes are directories, from
     /// the inodes as they now are (after every repair).
-    #[allow(clippy::type_complexity)]
-    fn census(&mut self) -> std::result::Result<(Bits, BTreeSet<u64>, HashSet<u64>), FsckError> {
+    /// Each a bitset: blocks, inodes, directories.
+    fn census(&mut self) -> std::result::Result<(Bits, Bits, Bits), FsckError> {
         let geo = self.img.geo;
         let mut used = Bits::new(geo.blocks_count);
-        let mut inodes = BTreeSet::new();
-        let mut dirs = HashSet::new();
+        let mut inodes = Bits::new(geo.inodes_count() + 1);
+        let mut dirs = Bits::new(geo.inodes_count() + 1);
         if !self.changed {
-            for (&ino, info) in &self.infos {
-                inodes.insert(ino);
+            for (ino, info) in self.infos.iter() {
+                inodes.set(ino);
                 if info.ftype == FileType::Directory {
-                    dirs.insert(ino);
+                    dirs.set(ino);
                 }
             }
             used.0.clone_from(&self.claimed.0);
             return Ok((used, inodes, dirs));
         }
-        let infos: Vec<u64> = self.infos.keys().copied().collect();
+        let infos: Vec<u64> = self.infos.keys().collect();
         for ino in infos {
             let Some(inode) = self.img.inode(ino)? else {
                 continue;
             };
-            inodes.insert(ino);
+            inodes.set(ino);
             if inode.file_type() == FileType::Directory {
-                dirs.insert(ino);
+                dirs.set(ino);
             }
             let scan = self.img.extents(ino, &inode);
             if let Some(f) = scan.fatal {
@@ -1718,7 +1861,7 @@ impl Checker<'_, '_> {
         let files: Vec<(u64, Vec<Extent>)> = self
             .infos
             .iter()
-            .map(|(&i, info)| (i, info.extents.clone()))
+            .map(|(i, info)| (i, info.extents.clone()))
             .collect();
         for (ino, extents) in files {
             check_cancel()?;
@@ -1793,6 +1936,45 @@ impl Checker<'_, '_> {
         Ok(())
     }
 }
+
+/// For each of `entries`, whether an earlier one with a valid name has the
+/// same name (pass 2 keeps the first of them). Sorting beats a set of a
+/// million cloned names: by the stored hash, which `DirNode::decode` has
+/// checked is the name's (so one name has one hash), and which a directory
+/// keeps its entries in already; names are compared only between entries
+/// of one hash.
+fn duplicate_names(entries: &[DirEntry]) -> Vec<bool> {
+    let mut keys: Vec<(u64, &[u8], usize)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| valid_name(&e.name))
+        .map(|(i, e)| (e.hash, e.name.as_slice(), i))
+        .collect();
+    keys.sort_unstable();
+    let mut dup = vec![false; entries.len()];
+    for pair in keys.windows(2) {
+        if let [(h1, n1, _), (h2, n2, j)] = pair {
+            if h1 == h2 && n1 == n2 {
+                if let Some(d) = dup.get_mut(*j) {
+                    *d = true;
+                }
+            }
+        }
+    }
+    dup
+}
+
+/// Directories whose blocks are read ahead together in pass 2, and the
+/// runs of blocks to read.
+struct DirWindow {
+    /// Indices into the list of directories.
+    dirs: std::ops::Range<usize>,
+    runs: Vec<(u64, u64)>,
+}
+
+/// Blocks read ahead per window of pass 2 (8 MiB); a directory's blocks
+/// beyond it are read as its walk needs them.
+const DIR_WINDOW_BLOCKS: u64 = 2048;
 
 /// Node blocks an extent tree of `n` extents takes (an upper bound).
 fn tree_blocks_needed(n: usize) -> usize {
