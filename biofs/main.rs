@@ -107,8 +107,11 @@ OPTIONS
         fsname=NAME
             The mount's source in /proc/mounts (default: TARGET).
         cache_size=SIZE
-            The page cache limit, in bytes with an optional K, M, G or T
-            suffix (default 256M).
+            Memory for biofs's caches, in bytes with an optional K, M, G
+            or T suffix (default 256M): the metadata buffer cache and the
+            integrity tuple cache (16M) take their share, the page cache
+            the rest (at least half). The daemon's resident size stays
+            within it plus about 64M (threads, request buffers).
         meta_cache_size=SIZE
             The metadata buffer cache limit, in bytes with an optional
             suffix (default: an eighth of cache_size, at least 16M); the

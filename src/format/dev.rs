@@ -23,6 +23,9 @@ const BLOCK_SECTORS: u64 = BLOCK_SIZE_U64 >> SECTOR_SHIFT;
 /// Blocks per bio for multi-block transfers and zeroing.
 const MAX_BIO_BLOCKS: u64 = 256;
 
+/// Memory for the integrity tuple cache of a read-write open.
+pub const TUPLE_CACHE_BYTES: u64 = 16 << 20;
+
 /// How to open a device for the tools.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DevOptions {
@@ -183,7 +186,7 @@ impl Dev {
         let integrity = if has_store && !opts.read_only {
             IntegrityMode::On {
                 verify_reads: opts.verify,
-                cache_bytes: 16 << 20,
+                cache_bytes: TUPLE_CACHE_BYTES as usize,
             }
         } else {
             // A read-only open can't mark the store in use or recover it;

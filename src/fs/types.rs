@@ -123,7 +123,9 @@ pub const DEFAULT_QUEUE_DEPTH: usize = 32;
 #[derive(Clone, Debug)]
 pub struct MountOptions {
     pub read_only: bool,
-    /// Page cache limit in bytes.
+    /// Memory for the caches, in bytes (`cache_size=`): the metadata
+    /// buffer cache and the integrity tuple cache take their share of it,
+    /// the page cache the rest ([`MountOptions::page_cache_bytes`]).
     pub cache_bytes: u64,
     /// Metadata buffer cache limit in bytes (`None`: an eighth of
     /// `cache_bytes`, at least 16 MiB).
@@ -161,6 +163,17 @@ pub enum AtimeMode {
 }
 
 impl MountOptions {
+    /// The page cache's limit: `cache_bytes` less the buffer cache and the
+    /// integrity tuple cache, but at least half of `cache_bytes` (a
+    /// `meta_cache_size=` set above that takes memory beyond the budget).
+    pub fn page_cache_bytes(&self) -> u64 {
+        let others = self.meta_cache_blocks() as u64 * crate::format::BLOCK_SIZE_U64
+            + crate::format::dev::TUPLE_CACHE_BYTES;
+        self.cache_bytes
+            .saturating_sub(others)
+            .max(self.cache_bytes / 2)
+    }
+
     /// The buffer cache's capacity, in blocks.
     pub fn meta_cache_blocks(&self) -> usize {
         match self.meta_cache_bytes {

@@ -308,6 +308,12 @@ mod tests {
         assert!(o.fuse.posix_acl);
         assert_eq!(o.fs.cache_bytes, 64 << 20);
         assert_eq!(o.fs.meta_cache_blocks(), 256);
+        // cache_size is the budget: the page cache gets what the buffer
+        // cache and the tuple cache (16M) leave, at least half.
+        assert_eq!(o.fs.page_cache_bytes(), (64 - 1 - 16) << 20);
+        let mut small = o.fs.clone();
+        small.cache_bytes = 16 << 20;
+        assert_eq!(small.page_cache_bytes(), 8 << 20);
         assert_eq!(o.fs.workers, 3);
         assert_eq!(o.fs.queue_depth, 12);
         assert!(!o.fs.verify_reads);
