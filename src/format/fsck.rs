@@ -21,7 +21,6 @@
 //!
 //! Repairs write directly to the blocks' homes (the check runs offline).
 
-mod dirwalk;
 mod inomap;
 mod read;
 
@@ -1193,7 +1192,6 @@ impl Checker<'_, '_> {
                 .get(i + 1)
                 .map(|w| Readahead::submit(self.img.dev, &w.runs));
             let pages = this.map(Readahead::wait_map).unwrap_or_default();
-            let blocks = dirwalk::Blocks { pages: &pages };
             for &d in dirs.get(w.dirs.clone()).unwrap_or_default() {
                 let Some(inode) = self.dir_inode(d)? else {
                     continue;
@@ -1201,7 +1199,7 @@ impl Checker<'_, '_> {
                 let Some(info) = self.infos.get(d) else {
                     continue;
                 };
-                let scan = dirwalk::dir_entries(&self.img, &blocks, d, &inode, &info.extents);
+                let scan = self.img.dir_entries_ahead(&pages, d, &inode, &info.extents);
                 if let Some(f) = scan.fatal {
                     return Err(FsckError::Operational(format!("directory inode {d}: {f}")));
                 }

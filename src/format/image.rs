@@ -332,12 +332,35 @@ impl<'d> Image<'d> {
     /// Every entry of directory `ino` (whose extents are `extents`), walking
     /// its tree from the root; damaged blocks are listed and skipped.
     pub fn dir_entries(&self, ino: u64, inode: &Inode, extents: &[Extent]) -> DirScan {
+        self.dir_entries_ahead(&std::collections::HashMap::new(), ino, inode, extents)
+    }
+
+    /// [`Image::dir_entries`], taking each block from `ahead` (blocks read
+    /// ahead in large batches, by physical block) where it holds it and
+    /// is not in the overlay, else through [`Image::read`] (a block whose
+    /// batch failed is read alone, so its error is the one a plain read
+    /// gives).
+    pub fn dir_entries_ahead(
+        &self,
+        ahead: &std::collections::HashMap<u64, crate::block::Page>,
+        ino: u64,
+        inode: &Inode,
+        extents: &[Extent],
+    ) -> DirScan {
         let mut scan = DirScan::default();
         if inode.size == 0 {
             return scan;
         }
         let mut seen = std::collections::HashSet::new();
-        self.dir_walk(ino, extents, 0, None, (0, u64::MAX), &mut seen, &mut scan);
+        let mut w = DirWalk {
+            img: self,
+            ahead,
+            ino,
+            extents,
+            seen: &mut seen,
+            scan: &mut scan,
+        };
+        w.walk(0, None, (0, u64::MAX));
         // readdir follows the leaves' links: they must chain the leaves in
         // index order and end with 0.
         let chain_ok = scan
@@ -351,70 +374,6 @@ impl<'d> Image<'d> {
                 .push("directory leaves are not linked in order".into());
         }
         scan
-    }
-
-    // The walk's state is threaded through the recursion explicitly.
-    #[allow(clippy::too_many_arguments)]
-    fn dir_walk(
-        &self,
-        ino: u64,
-        extents: &[Extent],
-        logical: u64,
-        parent_depth: Option<u16>,
-        (lo, hi): (u64, u64),
-        seen: &mut std::collections::HashSet<u64>,
-        scan: &mut DirScan,
-    ) {
-        if !seen.insert(logical) {
-            scan.problems
-                .push(format!("directory block {logical} is referenced twice"));
-            return;
-        }
-        let Some(phys) = Image::map(extents, logical) else {
-            scan.problems
-                .push(format!("directory block {logical} is not mapped"));
-            return;
-        };
-        let node = self
-            .read("directory block", phys)
-            .and_then(|raw| DirNode::decode(self.seed, self.sb.hash_seed, phys, ino, &raw));
-        match node {
-            Err(e) if !e.is_corruption() => {
-                scan.fatal
-                    .get_or_insert(format!("directory block {logical}: {e}"));
-            }
-            Err(e) => scan
-                .problems
-                .push(format!("directory block {logical}: {e}")),
-            Ok(DirNode::Leaf { entries, next }) => {
-                scan.leaves.push((logical, next));
-                if parent_depth.is_some_and(|d| d != 1) {
-                    scan.problems
-                        .push(format!("directory leaf {logical} at the wrong depth"));
-                }
-                // Lookups descend by hash and readdir checks it: an entry
-                // outside its leaf's range is found by neither.
-                if let Some(e) = entries.iter().find(|e| e.hash < lo || e.hash >= hi) {
-                    scan.problems.push(format!(
-                        "directory leaf {logical}: entry hash {:#x} outside the leaf's range",
-                        e.hash
-                    ));
-                }
-                scan.entries.extend(entries);
-            }
-            Ok(DirNode::Node { depth, entries }) => {
-                if parent_depth.is_some_and(|d| d != depth + 1) {
-                    scan.problems
-                        .push(format!("directory node {logical} at the wrong depth"));
-                    return;
-                }
-                for (i, e) in entries.iter().enumerate() {
-                    let end = entries.get(i + 1).map_or(hi, |n| n.hash);
-                    let start = if i == 0 { lo } else { e.hash };
-                    self.dir_walk(ino, extents, e.child, Some(depth), (start, end), seen, scan);
-                }
-            }
-        }
     }
 
     /// Look `name` up in directory `ino` by descending its index from the
@@ -591,4 +550,79 @@ fn check_bitmap(seed: u32, b: u64, raw: &[u8], stored: u32, what: &'static str) 
 /// Blocks of `BLOCK_SIZE` bytes in `n` bytes, rounded up.
 pub fn blocks_for(n: u64) -> u64 {
     n.div_ceil(BLOCK_SIZE as u64)
+}
+
+/// The walk's state, threaded through the recursion.
+struct DirWalk<'a, 'd> {
+    img: &'a Image<'d>,
+    ahead: &'a std::collections::HashMap<u64, crate::block::Page>,
+    ino: u64,
+    extents: &'a [Extent],
+    seen: &'a mut std::collections::HashSet<u64>,
+    scan: &'a mut DirScan,
+}
+
+impl DirWalk<'_, '_> {
+    fn walk(&mut self, logical: u64, parent_depth: Option<u16>, (lo, hi): (u64, u64)) {
+        if !self.seen.insert(logical) {
+            self.scan
+                .problems
+                .push(format!("directory block {logical} is referenced twice"));
+            return;
+        }
+        let Some(phys) = Image::map(self.extents, logical) else {
+            self.scan
+                .problems
+                .push(format!("directory block {logical} is not mapped"));
+            return;
+        };
+        let raw = match self.ahead.get(&phys) {
+            Some(p) if !self.img.overlay.contains_key(&phys) => Ok(p.as_slice().to_vec()),
+            _ => self.img.read("directory block", phys),
+        };
+        let node = raw.and_then(|raw| {
+            DirNode::decode(self.img.seed, self.img.sb.hash_seed, phys, self.ino, &raw)
+        });
+        match node {
+            Err(e) if !e.is_corruption() => {
+                self.scan
+                    .fatal
+                    .get_or_insert(format!("directory block {logical}: {e}"));
+            }
+            Err(e) => self
+                .scan
+                .problems
+                .push(format!("directory block {logical}: {e}")),
+            Ok(DirNode::Leaf { entries, next }) => {
+                self.scan.leaves.push((logical, next));
+                if parent_depth.is_some_and(|d| d != 1) {
+                    self.scan
+                        .problems
+                        .push(format!("directory leaf {logical} at the wrong depth"));
+                }
+                // Lookups descend by hash and readdir checks it: an entry
+                // outside its leaf's range is found by neither.
+                if let Some(e) = entries.iter().find(|e| e.hash < lo || e.hash >= hi) {
+                    self.scan.problems.push(format!(
+                        "directory leaf {logical}: entry hash {:#x} outside the leaf's range",
+                        e.hash
+                    ));
+                }
+                self.scan.entries.extend(entries);
+            }
+            Ok(DirNode::Node { depth, entries }) => {
+                if parent_depth.is_some_and(|d| d != depth + 1) {
+                    self.scan
+                        .problems
+                        .push(format!("directory node {logical} at the wrong depth"));
+                    return;
+                }
+                for (i, e) in entries.iter().enumerate() {
+                    let end = entries.get(i + 1).map_or(hi, |n| n.hash);
+                    let start = if i == 0 { lo } else { e.hash };
+                    self.walk(e.child, Some(depth), (start, end));
+                }
+            }
+        }
+    }
 }
