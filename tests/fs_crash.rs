@@ -254,8 +254,8 @@ fn every_crash_state_keeps_what_fsync_promised_and_nothing_foreign() {
 #[test]
 fn fsyncs_sharing_a_commit_keep_each_promise() {
     const THREADS: u8 = 4;
-    const APPENDS: usize = 12;
-    const CHUNK: usize = 24 << 10;
+    const APPENDS: usize = 6;
+    const CHUNK: usize = 8 << 10;
     let lw = logged_device(SIZE);
     let base = make(&lw, 12);
     let fs = Fs::mount_dev(dev_on(lw.clone()), &opts()).unwrap();
