@@ -838,8 +838,22 @@ fn lookups(m: &Mounted) -> u64 {
     requests(m, "lookup")
 }
 
-/// FUSE requests of opcode `op` biofs has answered (`biofs stats`).
+/// FUSE requests of opcode `op` biofs has answered (`biofs stats`),
+/// once the count has settled: biofs counts a request after its reply, so
+/// a count read right after a syscall returned may miss the last ones.
 fn requests(m: &Mounted, op: &str) -> u64 {
+    let mut last = requests_now(m, op);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = requests_now(m, op);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+fn requests_now(m: &Mounted, op: &str) -> u64 {
     // The text grows between a size query and the read: one large buffer.
     let mut buf = vec![0u8; 1 << 16];
     let n = ok(
