@@ -534,7 +534,14 @@ fn many_orphans_released_in_any_order_leave_a_clean_list() {
 #[test]
 fn a_sequential_write_reaches_the_device_as_1_mib_requests() {
     let mem = new_device(256 << 20);
-    let fs = mount(&mem);
+    // A page cache large enough that the 64 MiB stay under the background
+    // writeback threshold (a quarter of it): the flusher would cut the
+    // file at whatever page it had reached.
+    let opts = MountOptions {
+        cache_bytes: 512 << 20,
+        ..MountOptions::default()
+    };
+    let fs = Fs::mount_dev(dev_on(mem.clone()), &opts).unwrap();
     let c = Ctx::root();
     let f = fs.create(&c, ROOT, b"seq", 0o644).unwrap();
     let before = fs.engine_stats();
