@@ -169,15 +169,8 @@ impl FuseFs {
         ino: u64,
         mode: Option<u32>,
     ) -> FsResult<Option<u32>> {
-        let mut a = self.fs.getattr(ino)?;
-        if let Some(m) = mode {
-            a.perm = (m & 0o7777) as u16;
-        }
-        let kill = owner_change_kills(&a, |gid| Caller::of(ctx).in_group_or_capable(gid));
-        Ok(if kill != 0 {
-            Some(u32::from(a.perm) & !kill)
-        } else {
-            mode
+        self.mode_less(ino, mode, |a| {
+            owner_change_kills(a, |gid| Caller::of(ctx).in_group_or_capable(gid))
         })
     }
 
@@ -191,14 +184,28 @@ impl FuseFs {
         ino: u64,
         mode: Option<u32>,
     ) -> FsResult<Option<u32>> {
+        self.mode_less(ino, mode, |a| {
+            if may_kill(a) {
+                data_change_kills(a, &Caller::of(ctx))
+            } else {
+                0
+            }
+        })
+    }
+
+    /// `mode` (or, if `None`, the inode's) less the bits `kills` gives
+    /// for it; `mode` itself when no bit goes.
+    fn mode_less(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        kills: impl FnOnce(&Attr) -> u32,
+    ) -> FsResult<Option<u32>> {
         let mut a = self.fs.getattr(ino)?;
         if let Some(m) = mode {
             a.perm = (m & 0o7777) as u16;
         }
-        if !may_kill(&a) {
-            return Ok(mode);
-        }
-        let kill = data_change_kills(&a, &Caller::of(ctx));
+        let kill = kills(&a);
         Ok(if kill != 0 {
             Some(u32::from(a.perm) & !kill)
         } else {
