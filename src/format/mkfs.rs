@@ -221,3 +221,30 @@ pub fn make_fs(dev: &Dev, params: &MkfsParams) -> Result<Superblock> {
     dev.flush().map_err(io("flush", 0))?;
     Ok(sb)
 }
+
+/// Unit tests: a new filesystem of `bytes` on an in-memory device (no
+/// integrity store), opened for reading and writing.
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code, where a panic is a failed test"
+)]
+pub(crate) fn fresh_dev(bytes: u64) -> Dev {
+    use crate::block::backend::MemBackend;
+    let dev = Dev::from_backend(
+        std::sync::Arc::new(MemBackend::new(bytes)),
+        super::dev::DevOptions {
+            read_only: false,
+            verify: false,
+            workers: 0,
+            queue_depth: 0,
+        },
+    )
+    .unwrap();
+    make_fs(
+        &dev,
+        &MkfsParams::new([3; 16], 5, Timespec { sec: 1, nsec: 0 }),
+    )
+    .unwrap();
+    dev
+}

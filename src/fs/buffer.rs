@@ -225,10 +225,7 @@ impl MetaIo for Buffers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::backend::{BlockBackend, MemBackend};
-    use crate::format::dev::{Dev, DevOptions};
-    use crate::format::inode::Timespec;
-    use crate::format::mkfs::{make_fs, MkfsParams};
+    use crate::format::mkfs::fresh_dev;
     use crate::format::superblock::Superblock;
 
     fn img(n: u8) -> MetaBuf {
@@ -238,19 +235,7 @@ mod tests {
     /// A new filesystem's journal opened, with a buffer cache of
     /// `capacity` blocks, and one block of its inode table.
     fn buffers(capacity: usize) -> (Buffers, u64) {
-        let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(32 << 20));
-        let opts = DevOptions {
-            read_only: false,
-            verify: false,
-            workers: 0,
-            queue_depth: 0,
-        };
-        let dev = Dev::from_backend(mem, opts).unwrap();
-        make_fs(
-            &dev,
-            &MkfsParams::new([3; 16], 5, Timespec { sec: 1, nsec: 0 }),
-        )
-        .unwrap();
+        let dev = fresh_dev(32 << 20);
         let sb = Superblock::decode(&dev.read_block(0).unwrap(), 0).unwrap();
         let itable = sb.geometry().unwrap().ino_location(1).0;
         let j = Journaled::open(Arc::new(dev), sb).unwrap();

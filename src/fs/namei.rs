@@ -708,25 +708,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::block::backend::{BlockBackend, MemBackend};
-    use crate::format::dev::{Dev, DevOptions};
-    use crate::format::mkfs::{make_fs, MkfsParams};
+    use crate::format::mkfs::fresh_dev;
     use crate::format::superblock::Superblock;
 
     fn meta() -> Meta {
-        let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(32 << 20));
-        let opts = DevOptions {
-            read_only: false,
-            verify: false,
-            workers: 0,
-            queue_depth: 0,
-        };
-        let dev = Dev::from_backend(mem, opts).unwrap();
-        make_fs(
-            &dev,
-            &MkfsParams::new([3; 16], 5, Timespec { sec: 1, nsec: 0 }),
-        )
-        .unwrap();
+        let dev = fresh_dev(32 << 20);
         let sb = Superblock::decode(&dev.read_block(0).unwrap(), 0).unwrap();
         Meta::new(Arc::new(dev), sb, false, 64).unwrap()
     }

@@ -1,24 +1,10 @@
 //! Unit tests of [`Fs`] that look inside its metadata.
 
 use super::*;
-use crate::block::backend::{BlockBackend, MemBackend};
-use crate::format::mkfs::{make_fs, MkfsParams};
+use crate::format::mkfs::fresh_dev;
 
 fn mounted(opts: &MountOptions) -> Fs {
-    let mem: Arc<dyn BlockBackend> = Arc::new(MemBackend::new(64 << 20));
-    let dopts = DevOptions {
-        read_only: false,
-        verify: false,
-        workers: 0,
-        queue_depth: 0,
-    };
-    let dev = Dev::from_backend(mem, dopts).unwrap();
-    make_fs(
-        &dev,
-        &MkfsParams::new([5; 16], 3, Timespec { sec: 1, nsec: 0 }),
-    )
-    .unwrap();
-    Fs::mount_dev(dev, opts).unwrap()
+    Fs::mount_dev(fresh_dev(64 << 20), opts).unwrap()
 }
 
 fn check_counts(fs: &Fs, when: &str) {
