@@ -147,8 +147,9 @@ impl BufferCache {
     }
 }
 
-/// Buffer cache capacity in blocks for a mount whose page cache is
-/// `cache_bytes`: an eighth of it, at least 16 MiB.
+/// Buffer cache capacity in blocks for a mount whose caches have
+/// `cache_bytes` (`cache_size=`): an eighth of it, at least 16 MiB; the
+/// page cache gets what is left (`MountOptions::page_cache_bytes`).
 pub fn default_blocks(cache_bytes: u64) -> usize {
     let bytes = (cache_bytes / 8).max(16 << 20);
     usize::try_from(bytes / BLOCK_SIZE as u64).unwrap_or(usize::MAX)
